@@ -1,8 +1,10 @@
-"""`GridCollator`: a list of grids -> one batch of tensors for :meth:`MultiStreamLM.forward`.
+"""Collators: a list of examples -> one batch of tensors for :meth:`MultiStreamLM.forward`.
 
-The collator only stacks: row positions, the block-causal mask and next-row targets are derived
-inside the model from ``attention_mask`` / ``position_ids`` / ``segment_ids`` (see
-:mod:`multistream.masks`), so training and decoding share one layout rule.
+:class:`GridCollator` batches Layout A grids as they are (row positions, the block-causal mask
+and next-row targets are derived inside the model from ``attention_mask`` / ``position_ids`` /
+``segment_ids``). :class:`LayoutCollator` asks a layout to build the batch
+(:meth:`multistream.layout.Layout.collate`): Layout B's flat cells, or Layout A with hidden
+silence, where the cells no query sees and that carry no target are left out.
 """
 
 from __future__ import annotations
@@ -14,31 +16,14 @@ from typing import Any
 import torch
 
 from ..grid import StreamGrid
-from ..masks import IGNORE_INDEX, pack_grids, pad_grids
+from ..layout.base import Layout
+from ..layout.grid import GridLayout
 
-__all__ = ["GridCollator", "GridFeature"]
+__all__ = ["GridCollator", "GridFeature", "LayoutCollator"]
 
 # One training example: a grid, or a mapping with ``input_ids [R, C]`` and optionally
 # ``labels [R, C]`` (token ids, ``IGNORE_INDEX`` where a cell must not be learned; default: the ids).
 GridFeature = StreamGrid | Mapping[str, Any]
-
-
-def _as_tensors(feature: GridFeature, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(feature, StreamGrid):
-        return feature.ids, feature.ids
-    if not isinstance(feature, Mapping) or "input_ids" not in feature:
-        raise TypeError(
-            f"example {index}: expected a StreamGrid or a mapping with 'input_ids' [rows, streams], "
-            f"got {type(feature).__name__}"
-        )
-    ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
-    labels = torch.as_tensor(feature.get("labels", ids), dtype=torch.long)
-    if ids.dim() != 2 or labels.shape != ids.shape:
-        raise ValueError(
-            f"example {index}: input_ids must be [rows, streams] and labels the same shape, got "
-            f"{tuple(ids.shape)} and {tuple(labels.shape)}"
-        )
-    return ids, labels
 
 
 @dataclass
@@ -81,15 +66,39 @@ class GridCollator:
     packing: bool = False
 
     def __call__(self, features: Sequence[GridFeature]) -> dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("GridCollator got an empty batch")
-        pairs = [_as_tensors(f, i) for i, f in enumerate(features)]
-        ids = [p[0] for p in pairs]
-        labels = [p[1] for p in pairs]
-        if self.packing:
-            batch = pack_grids(ids)
-            batch["labels"] = torch.cat(labels)[None]  # [1, T_rows, C]
-            return batch
-        input_ids, attention_mask = pad_grids(ids, self.pad_id)  # [B, R, C], [B, R]
-        padded_labels, _ = pad_grids(labels, IGNORE_INDEX)  # padding rows are never targets
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": padded_labels}
+        return GridLayout().collate(features, self.pad_id, packing=self.packing)
+
+
+@dataclass
+class LayoutCollator:
+    """Batch examples the way ``layout`` lays them out.
+
+    Args:
+        layout: a :class:`multistream.layout.Layout` (``get_layout(name, **options)``).
+        pad_id: token id of batch padding (masked out of attention and loss).
+        packing: one packed sequence per batch instead of padded rows.
+        generated: ``[C]`` bool, the generated streams (Layout A with hidden silence needs it to
+            know which silence cells carry no target).
+        silence_id: the silence token (Layout A).
+
+    Example (Layout B, one example; the labels are aligned: position i predicts labels[i])::
+
+        >>> from multistream.layout import BlocksExample, get_layout
+        >>> ex = BlocksExample(system=[1, 9, 2], user=[1, 4, 7, 2], heads=[[1, 5, 8, 2]], targets_from=[2])
+        >>> batch = LayoutCollator(get_layout("blocks"), pad_id=0)([ex])
+        >>> batch["position_ids"].tolist(), batch["stream_ids"].tolist()
+        ([[0, 1, 2, 3, 4, 5, 6, 3, 4, 5, 6]], [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]])
+        >>> batch["labels"].tolist()
+        [[-100, -100, -100, -100, -100, -100, -100, -100, 8, 2, -100]]
+    """
+
+    layout: Layout
+    pad_id: int
+    packing: bool = False
+    generated: torch.Tensor | None = None
+    silence_id: int | None = None
+
+    def __call__(self, features: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return self.layout.collate(
+            features, self.pad_id, packing=self.packing, generated=self.generated, silence_id=self.silence_id
+        )

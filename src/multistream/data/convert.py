@@ -53,17 +53,19 @@ import torch
 from ..grid import StreamGrid
 from ..schema import Role, StreamSchema
 from .causality import GridWord, input_end_row, key_terms, lexical_violations
-from .examples import INPUT_FIELDS, SequentialExample
+from .examples import SequentialExample
 from .tokenize import live_words, tokenize_output_text
 
 __all__ = [
     "BRIDGING_UTTERANCES",
+    "GUARANTEES",
     "POLICIES",
     "ConversionError",
     "ConversionPolicy",
     "ConvertContext",
     "ConvertReport",
     "Drop",
+    "EarlyCheck",
     "InputLayout",
     "bridging_for",
     "build_grid",
@@ -71,8 +73,10 @@ __all__ = [
     "conversion_context",
     "convert_example",
     "convert_examples",
+    "get_policy",
     "layout_inputs",
     "place_steps",
+    "register_guarantee",
     "register_policy",
     "resolve_schema",
 ]
@@ -168,31 +172,78 @@ Placement = tuple[dict[str, list[tuple[int, list[int]]]], dict[str, Any]]
 PlaceFn = Callable[[SequentialExample, InputLayout, ConvertContext], Placement]
 
 
+# What a generated stream may say before the input ends: ``(grid, stream index, tokenizer)`` ->
+# problems. Called only for streams that speak before row ``E``.
+EarlyCheck = Callable[[StreamGrid, int, Any], list[str]]
+
+
+def _nothing_early(grid: StreamGrid, c: int, tokenizer: Any) -> list[str]:
+    """The default guarantee: no generated stream speaks before the input has ended."""
+    end = input_end_row(grid)
+    first = int((~grid.silent()[:end, c]).nonzero()[0, 0])
+    return [f"stream {grid.schema.names[c]!r}: speaks at row {first}, before the input ends at row {end}"]
+
+
 @dataclass(frozen=True)
 class ConversionPolicy:
-    """A registered conversion policy (see the module docstring for each guarantee)."""
+    """A registered conversion policy (see the module docstring for each guarantee).
+
+    Args:
+        name: the ``--policy`` name.
+        description: one line for listings.
+        place: where the generated text goes (None: grids of this policy are made elsewhere,
+            e.g. the LLM rewrite; only their guarantee is registered).
+        needs_think_stream: the schema must have a think stream and the example a rationale.
+        uses_k: the policy reads ``k`` (validated as ``k >= 0``).
+        input_streams: input streams the schema must have by name, with why (``separated``
+            keeps untrusted ``data`` apart from the instruction).
+        early: per generated role, what a stream of that role may say before the input ends
+            (default: nothing, :func:`_nothing_early`).
+    """
 
     name: str
     description: str
-    place: PlaceFn
+    place: PlaceFn | None
     needs_think_stream: bool = False
+    uses_k: bool = False
+    input_streams: tuple[tuple[str, str], ...] = ()
+    early: tuple[tuple[Role, EarlyCheck], ...] = ()
+
+    def early_check(self, role: Role) -> EarlyCheck:
+        return dict(self.early).get(role, _nothing_early)
 
 
 POLICIES: dict[str, ConversionPolicy] = {}
+# Every policy whose grids check_grid knows, including those made elsewhere (``rewrite``).
+GUARANTEES: dict[str, ConversionPolicy] = {}
 
 
 def register_policy(
-    name: str, description: str, needs_think_stream: bool = False
+    name: str,
+    description: str,
+    needs_think_stream: bool = False,
+    *,
+    uses_k: bool = False,
+    input_streams: tuple[tuple[str, str], ...] = (),
+    early: tuple[tuple[Role, EarlyCheck], ...] = (),
 ) -> Callable[[PlaceFn], PlaceFn]:
     """Decorator registering a placement function as policy ``name``; duplicates are an error."""
 
     def wrap(place: PlaceFn) -> PlaceFn:
-        if name in POLICIES:
+        if name in GUARANTEES:
             raise ValueError(f"conversion policy {name!r} is already registered")
-        POLICIES[name] = ConversionPolicy(name, description, place, needs_think_stream)
+        policy = ConversionPolicy(name, description, place, needs_think_stream, uses_k, input_streams, early)
+        POLICIES[name] = GUARANTEES[name] = policy
         return place
 
     return wrap
+
+
+def register_guarantee(policy: ConversionPolicy) -> None:
+    """Make :func:`check_grid` know grids of a policy made outside :data:`POLICIES` (``place=None``)."""
+    if policy.name in GUARANTEES:
+        raise ValueError(f"conversion policy {policy.name!r} is already registered")
+    GUARANTEES[policy.name] = policy
 
 
 def bridging_for(example: SequentialExample) -> str:
@@ -345,12 +396,46 @@ def _sequential(example: SequentialExample, layout: InputLayout, ctx: ConvertCon
     return placed, {"answer_row": answer_row}
 
 
-@register_policy("separated", "sequential, with instruction and untrusted data in different input streams")
+@register_policy(
+    "separated",
+    "sequential, with instruction and untrusted data in different input streams",
+    input_streams=(("data", "for untrusted data"),),
+)
 def _separated(example: SequentialExample, layout: InputLayout, ctx: ConvertContext) -> Placement:
     return _sequential(example, layout, ctx)
 
 
-@register_policy("wait-k", "bridging utterance after k input rows; the answer after the input ends")
+def _bridging_early(grid: StreamGrid, c: int, tokenizer: Any) -> list[str]:
+    """wait-k's output: before the answer (at ``meta["answer_row"]`` >= E) only its bridging."""
+    problems: list[str] = []
+    name = grid.schema.names[c]
+    end = input_end_row(grid)
+    rows = (~grid.silent()[:, c]).nonzero().flatten().tolist()
+    col = grid.ids[:, c].tolist()
+    # The bridging may run past E when the input ends soon after row k, so everything said before
+    # the answer row must be the bridging.
+    answer_row = grid.meta.get("answer_row", end)
+    if answer_row < end:
+        problems.append(f"stream {name!r}: the answer starts at row {answer_row} < input end {end}")
+    text = tokenizer.decode([col[r] for r in rows if r < answer_row])
+    k = grid.meta.get("k")
+    if text not in BRIDGING_UTTERANCES or text != grid.meta.get("bridging"):
+        problems.append(f"stream {name!r}: before the input ends it says {text!r}, not a bridging utterance")
+    if k is None or rows[0] < k:
+        problems.append(f"stream {name!r}: speaks at row {rows[0]}, before k={k} input rows")
+    return problems
+
+
+def _anything_early(grid: StreamGrid, c: int, tokenizer: Any) -> list[str]:
+    return []  # placed as early as the input allows: the lexical check in check_grid vouches for it
+
+
+@register_policy(
+    "wait-k",
+    "bridging utterance after k input rows; the answer after the input ends",
+    uses_k=True,
+    early=((Role.OUTPUT, _bridging_early),),
+)
 def _wait_k(example: SequentialExample, layout: InputLayout, ctx: ConvertContext) -> Placement:
     end, k = layout.end_row, ctx.k
     if k >= end - 1:
@@ -369,6 +454,7 @@ def _wait_k(example: SequentialExample, layout: InputLayout, ctx: ConvertContext
     "think-while-reading",
     "thinking steps start once the input sentences they mention are read; answer after the input",
     needs_think_stream=True,
+    early=((Role.THINK, _anything_early),),
 )
 def _think_while_reading(example: SequentialExample, layout: InputLayout, ctx: ConvertContext) -> Placement:
     if not example.has_thinking:
@@ -388,7 +474,31 @@ def _think_while_reading(example: SequentialExample, layout: InputLayout, ctx: C
     return placed, {"answer_row": answer_row, "think_steps": len(example.steps), "early_steps": early}
 
 
+# LLM rewrites (:mod:`~multistream.data.rewrite`) are made there; their output may speak before
+# the input ends because each chunk was judged (the lexical check in check_grid still applies).
+register_guarantee(
+    ConversionPolicy(
+        "rewrite",
+        "LLM rewrite of wait-k grids, judged chunk by chunk",
+        None,
+        early=((Role.OUTPUT, _anything_early),),
+    )
+)
+
+
 # -- public entry -------------------------------------------------------------------------------
+
+
+def get_policy(name: str) -> ConversionPolicy:
+    """The registered policy ``name``.
+
+    Raises:
+        ConversionError: no such policy; the message lists the known ones.
+    """
+    policy = POLICIES.get(name)
+    if policy is None:
+        raise ConversionError(f"unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
+    return policy
 
 
 def resolve_schema(schema: str | StreamSchema, tokenizer: Any) -> StreamSchema:
@@ -416,16 +526,13 @@ def conversion_context(
         raise ConversionError(
             f"policy {policy.name!r} needs a think stream; use e.g. --schema user,think,assistant"
         )
-    if policy.name == "wait-k" and k < 0:
-        raise ConversionError(f"wait-k needs k >= 0 input rows, got k={k}")
-    if policy.name == "separated":
-        routed = {
-            f: (f if f in schema.names and schema[f].role is Role.INPUT else None) for f in INPUT_FIELDS
-        }
-        if routed["data"] is None:
+    if policy.uses_k and k < 0:
+        raise ConversionError(f"{policy.name} needs k >= 0 input rows, got k={k}")
+    for stream, why in policy.input_streams:
+        if stream not in schema.names or schema[stream].role is not Role.INPUT:
             raise ConversionError(
-                f"policy 'separated' needs an input stream named 'data' for untrusted data; schema "
-                f"{','.join(schema.names)} has none (use e.g. --schema system,data,assistant)"
+                f"policy {policy.name!r} needs an input stream named {stream!r} {why}; schema "
+                f"{','.join(schema.names)} has none (use e.g. --schema system,{stream},assistant)"
             )
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
@@ -478,13 +585,12 @@ def convert_example(
         the grid; ``grid.meta`` holds ``source``, ``id``, ``policy``, ``input_end_row``,
         ``answer_row``, the gold ``answer`` and policy details (``k``, ``bridging``).
     """
-    if policy not in POLICIES:
-        raise ConversionError(f"unknown policy {policy!r}; choose one of {', '.join(sorted(POLICIES))}")
-    pol = POLICIES[policy]
+    pol = get_policy(policy)
     ctx = conversion_context(pol, schema, tokenizer, k, end_inputs)
     if pol.needs_think_stream and not example.has_thinking:
         raise Drop("no_thinking", "the example has no rationale to think with")  # before any layout work
     layout = layout_inputs(example, ctx, with_words=pol.needs_think_stream)
+    assert pol.place is not None  # get_policy returns placing policies only
     placed, extra = pol.place(example, layout, ctx)
     grid = build_grid(layout, placed, schema)
     if max_rows is not None and grid.num_rows > max_rows:
@@ -540,7 +646,7 @@ def convert_examples(
         >>> grids = convert_examples(exs, policy="wait-k", schema="user,assistant", k=8)  # doctest: +SKIP
     """
     if isinstance(tokenizer, str):
-        from ..models import load_tokenizer
+        from ..base_models import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     resolved = resolve_schema(schema, tokenizer)
@@ -582,9 +688,9 @@ def check_grid(grid: StreamGrid, tokenizer: Any) -> list[str]:
         human-readable problems; empty when the grid keeps its guarantee.
     """
     problems: list[str] = []
-    policy = grid.meta.get("policy")
-    if policy not in POLICIES and policy != "rewrite":
-        return [f"grid meta names no known policy (got {policy!r})"]
+    policy = GUARANTEES.get(grid.meta.get("policy"))  # type: ignore[arg-type]
+    if policy is None:
+        return [f"grid meta names no known policy (got {grid.meta.get('policy')!r})"]
     schema = grid.schema
     eos = tokenizer.eos_token_id
     end = input_end_row(grid)
@@ -598,31 +704,12 @@ def check_grid(grid: StreamGrid, tokenizer: Any) -> list[str]:
         eos_rows = [r for r in rows if col[r] == eos]
         if eos_rows != [rows[-1]]:
             problems.append(f"stream {name!r}: expected one end token as its last cell, got rows {eos_rows}")
-        early = [r for r in rows if r < end]
-        if not early:
-            continue
-        if policy == "wait-k" and c == schema.index(_first_output(schema)):
-            # The bridging may run past E when the input ends soon after row k; the answer starts
-            # at meta["answer_row"] (>= E), so everything said before it must be the bridging.
-            answer_row = grid.meta.get("answer_row", end)
-            run = [r for r in rows if r < answer_row]
-            if answer_row < end:
-                problems.append(f"stream {name!r}: the answer starts at row {answer_row} < input end {end}")
-            text = tokenizer.decode([col[r] for r in run])
-            k = grid.meta.get("k")
-            if text not in BRIDGING_UTTERANCES or text != grid.meta.get("bridging"):
-                problems.append(
-                    f"stream {name!r}: before the input ends it says {text!r}, not a bridging utterance"
-                )
-            if k is None or early[0] < k:
-                problems.append(f"stream {name!r}: speaks at row {early[0]}, before k={k} input rows")
-        elif policy == "rewrite" and c == schema.index(_first_output(schema)):
-            pass  # an LLM rewrite may speak early; the judge and the lexical check below vouch for it
-        elif policy != "think-while-reading" or schema.streams[c].role is not Role.THINK:
-            problems.append(f"stream {name!r}: speaks at row {early[0]}, before the input ends at row {end}")
+        if rows[0] < end:
+            # Only the first output stream carries the answer (and so a bridging or rewrite).
+            role = schema.streams[c].role
+            if role is Role.OUTPUT and c != schema.output_indices[0]:
+                problems.extend(_nothing_early(grid, c, tokenizer))
+            else:
+                problems.extend(policy.early_check(role)(grid, c, tokenizer))
     problems.extend(str(v) for v in lexical_violations(grid, tokenizer))
     return problems
-
-
-def _first_output(schema: StreamSchema) -> str:
-    return schema.names[schema.output_indices[0]]
