@@ -288,7 +288,7 @@ def test_tokenize_live_encodes_space_plus_word():
 
 
 def test_close_starts_the_penalty_ramp(monkeypatch):
-    import multistream.engine as engine
+    import multistream.engine.session as engine
 
     seen = []
     real = engine.sample_row
@@ -426,7 +426,12 @@ def test_cli_generate_json_contract(tmp_path, smollm2):
     summary = lines[-1]["summary"]
     assert summary["rows"] == 4 and summary["inputs_closed_row"] == 2
     assert summary["streams"]["user"] == " Hi there"
-    assert set(summary) == {"streams", "rows", "first_visible_output_row", "inputs_closed_row"}
+    # The stable keys stay; stop reason and timings were added (issue 14).
+    assert set(summary) == {"streams", "rows", "first_visible_output_row", "inputs_closed_row"} | {
+        "stop",
+        "wall_s",
+        "first_visible_output_s",
+    }
 
 
 # -- benchmark helpers (the benchmark itself runs via `multistream bench decode`) ---------------
@@ -505,3 +510,188 @@ def test_cancel_keeps_rows_and_ends_only_that_session():
     alone.cancel()
     with pytest.raises(SessionStopped, match="cancelled"):
         alone.step()
+
+
+# -- continuous batching -----------------------------------------------------------------------
+
+
+def _drive(batch, sessions, steps):
+    for _ in range(steps):
+        if all(s.stop is not None for s in batch.sessions):
+            break
+        batch.step()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
+@pytest.mark.parametrize("drop", [False, True])
+def test_session_joining_a_running_batch_equals_alone(arch, drop):
+    model = tiny_model(arch)
+    cfg = config(max_rows=9, skip_silence=drop, drop_silence=drop)
+    batch = SessionBatch(model, TOK, 2, cfg)
+    batch.prefill([random_rows(5, 3, 20, 0.3), random_rows(3, 3, 21, 0.3)])
+    for s, user in zip(batch.sessions, ([50, 51, 52], [60]), strict=True):
+        s.feed("user", user)
+        s.close()
+    _drive(batch, batch.sessions, 4)  # the batch runs; its caches hold 5+4 and 3+4 rows
+    late = batch.add_session()
+    late.feed("user", [70, 71, 72, 73])
+    late.close()
+    while late.stop is None:
+        batch.step()
+    assert late.rows == run(model, user=[70, 71, 72, 73], cfg=cfg).rows
+    # The first members go on undisturbed, too.
+    first = batch.sessions[0]
+    while first.stop is None:
+        batch.step()
+    assert first.rows == run(model, random_rows(5, 3, 20, 0.3), [50, 51, 52], cfg).rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_session_whose_neighbour_left_equals_alone_and_slot_is_reused(arch):
+    model = tiny_model(arch)
+    cfg = config(max_rows=10)
+    batch = SessionBatch(model, TOK, 2, cfg)
+    leaving, staying = batch.sessions
+    batch.prefill([random_rows(8, 3, 30), random_rows(2, 3, 31)])
+    staying.feed("user", [80, 81, 82])
+    for s in batch.sessions:
+        s.close()
+    _drive(batch, batch.sessions, 3)
+    batch.remove(leaving)
+    assert leaving.stop == "cancelled" and len(batch.sessions) == 1
+    newcomer = batch.add_session()  # takes the freed slot: its old keys are gone
+    assert newcomer.slot == leaving.slot and batch.backend.num_slots == 2
+    newcomer.feed("user", [90, 91])
+    newcomer.close()
+    while staying.stop is None or newcomer.stop is None:
+        batch.step()
+    assert staying.rows == run(model, random_rows(2, 3, 31), [80, 81, 82], cfg).rows
+    assert newcomer.rows == run(model, user=[90, 91], cfg=cfg).rows
+    assert batch.cached_tokens()[1] == (len(newcomer.rows) - 1) * 3
+
+
+def test_batch_grows_past_its_first_size_and_prefills_a_joiner():
+    model = tiny_model()
+    cfg = config(max_rows=6)
+    batch = SessionBatch(model, TOK, 0, cfg)
+    first = batch.add_session()
+    first.close()
+    batch.step()
+    second = batch.add_session()
+    batch.prefill([None, random_rows(4, 3, 40)])
+    second.close()
+    while second.stop is None:
+        batch.step()
+    assert batch.backend.num_slots == 2
+    assert second.rows == run(model, random_rows(4, 3, 40), cfg=cfg).rows
+
+
+def test_backend_cache_does_not_copy_per_step():
+    """Appends write in place: the buffer is reallocated only when it runs out of columns."""
+    model = tiny_model()
+    batch = SessionBatch(model, TOK, 1, config(max_rows=40))
+    batch.prefill([random_rows(4, 3, 41)])
+    batch.sessions[0].close()
+    batch.step()
+    layer = batch.backend.cache.layers[0]
+    pointer = layer.keys.data_ptr()
+    for _ in range(20):
+        batch.step()
+    assert layer.keys.data_ptr() == pointer
+
+
+def test_fast_path_is_used_only_where_it_measured_faster(monkeypatch):
+    import multistream.fastpath as fastpath
+
+    model = tiny_model()
+    timings = []
+
+    def fake_best(fn, repeats):
+        timings.append(fn)
+        return 1.0 if len(timings) % 2 else 5.0  # F.linear 1 ms, fast path 5 ms: not worth it
+
+    monkeypatch.setattr(fastpath, "_best_ms", fake_best)
+    monkeypatch.setattr(fastpath, "_PAYS", {})
+    assert fastpath.fast_path_pays(model, 3) is False
+    measured = len(timings)
+    assert measured >= 2 and fastpath.fast_path_pays(model, 3) is False and len(timings) == measured  # cached
+    batch = SessionBatch(model, TOK, 1, config(max_rows=3))
+    batch.sessions[0].close()
+    patched = []
+    real = model.forward_tokens
+
+    def spy(*args, **kwargs):
+        patched.append(any("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_tokens", spy)
+    batch.step()
+    batch.step()
+    assert patched == [False]  # the slower kernel stays off
+    monkeypatch.setattr(fastpath, "_PAYS", {(id(model), 3, torch.get_num_threads()): True})
+    batch.step()
+    assert patched == [False, True]
+    assert not any("forward" in m.__dict__ for m in model.modules())  # restored after the forward
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_chunked_prefill_equals_one_forward(drop):
+    model = tiny_model("qwen2")
+    cfg = config(max_rows=6, skip_silence=drop, drop_silence=drop)
+    prefills = [random_rows(9, 3, 50, 0.3), random_rows(4, 3, 51, 0.3)]
+
+    def decode(chunk: int | None):
+        batch = SessionBatch(model, TOK, 2, cfg)
+        if chunk is not None:
+            batch.backend.prefill_chunk = chunk  # 27 tokens in pieces of 5: rows split across pieces
+        batch.prefill(prefills)
+        for s in batch.sessions:
+            s.close()
+        while any(s.stop is None for s in batch.sessions):
+            batch.step()
+        return [s.rows for s in batch.sessions], batch.cached_tokens()
+
+    assert decode(5) == decode(None)
+
+
+def test_free_slots_at_the_end_are_not_forwarded(monkeypatch):
+    model = tiny_model()
+    batch = SessionBatch(model, TOK, 3, config(max_rows=6))
+    for s in batch.sessions:
+        s.close()
+    batch.step()
+    batch.step()
+    batch.remove(batch.sessions[2])
+    shapes = []
+    real = model.forward_tokens
+
+    def spy(input_ids, *args, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return real(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_tokens", spy)
+    batch.step()
+    assert shapes == [(2, 3)]
+    alone = run(model, cfg=config(max_rows=6))
+    while batch.sessions[0].stop is None:
+        batch.step()
+    assert batch.sessions[0].rows == alone.rows
+
+
+def test_grouped_sdpa_equals_transformers_sdpa_with_repeated_heads():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from multistream.engine.hf_backend import grouped_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    query = torch.randn(2, 6, 3, 8, generator=g)  # 6 query heads share 2 key/value heads
+    key, value = torch.randn(2, 2, 20, 8, generator=g), torch.randn(2, 2, 20, 8, generator=g)
+    allowed = torch.rand(2, 1, 3, 20, generator=g) > 0.3
+    allowed[..., -3:] |= torch.eye(3, dtype=torch.bool)  # each query sees itself
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    ours, _ = grouped_sdpa(module, query, key, value, mask, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert ours.shape == theirs.shape == (2, 3, 6, 8)
+    assert torch.allclose(ours, theirs, atol=1e-6)

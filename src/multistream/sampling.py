@@ -48,6 +48,8 @@ class SamplingConfig:
         silence_penalty: logit subtracted from the silence token of output streams once the
             inputs are closed, ramped in over ``penalty_ramp_rows`` (paper: 2.0); 0 = off.
         think_silence_penalty: the same for thinking streams (paper default 0).
+        penalty_streams: names of the output streams that get ``silence_penalty``; None = every
+            output stream (the authors' models: only ``Output``).
         penalty_ramp_rows: rows over which the penalty grows linearly to its full value (paper: 5).
         silent_streams: names of generated streams forced to silence (ablation).
         summaries: attach per-cell entropy and top-1 to each row (costs a softmax over V).
@@ -60,6 +62,7 @@ class SamplingConfig:
     seed: int | None = None
     silence_penalty: float = 0.0
     think_silence_penalty: float = 0.0
+    penalty_streams: tuple[str, ...] | None = None
     penalty_ramp_rows: int = 5
     silent_streams: tuple[str, ...] = ()
     summaries: bool = False
@@ -77,6 +80,8 @@ class SamplingConfig:
         if self.penalty_ramp_rows < 1:
             raise ValueError(f"penalty_ramp_rows must be >= 1, got {self.penalty_ramp_rows}")
         self.silent_streams = tuple(self.silent_streams)
+        if self.penalty_streams is not None:
+            self.penalty_streams = tuple(self.penalty_streams)
 
     def temperatures(self, names: Sequence[str]) -> torch.Tensor:
         """``[C]`` temperature of each stream, in schema order; unknown override names fail."""
@@ -195,10 +200,25 @@ def penalty_ramp(rows_since_close: torch.Tensor, ramp_rows: int) -> torch.Tensor
 
 
 def stream_penalties(
-    config: SamplingConfig, roles_output: torch.Tensor, roles_think: torch.Tensor
+    config: SamplingConfig,
+    roles_output: torch.Tensor,
+    roles_think: torch.Tensor,
+    names: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """``[C]`` full silence penalty of each stream (outputs, thinking, 0 for inputs)."""
-    return roles_output.float() * config.silence_penalty + roles_think.float() * config.think_silence_penalty
+    """``[C]`` full silence penalty of each stream (outputs, thinking, 0 for inputs).
+
+    ``names`` (schema order) is needed when ``config.penalty_streams`` picks output streams."""
+    outputs = roles_output.bool()
+    if config.penalty_streams is not None:
+        if names is None:
+            raise ValueError("penalty_streams needs the stream names (schema order)")
+        for name in config.penalty_streams:
+            if name not in names or not bool(outputs[list(names).index(name)]):
+                raise ValueError(
+                    f"penalty_streams: {name!r} is not an output stream; streams are {list(names)}"
+                )
+        outputs = outputs & torch.tensor([n in config.penalty_streams for n in names])
+    return outputs.float() * config.silence_penalty + roles_think.float() * config.think_silence_penalty
 
 
 def forced_silent_mask(

@@ -14,7 +14,15 @@ speed does not depend on it. Measured:
 * KV-cache bytes per row of a realistic 3-stream grid (user speaks first, then thinking and
   answer; ~40 % silence) with and without dropping silence, and the row time of each;
 * the LM-head matmul for 1 and 3 rows with ``F.linear`` and with the fast path, and whether the
-  fast path and ``F.linear`` differ from running each row alone (both: fp32 rounding).
+  fast path and ``F.linear`` differ from running each row alone (both: fp32 rounding);
+* ``generate_ratio``: ms per answer row of a ``user,assistant`` model whose LoRA adapter is
+  merged (rows after the ~20-token question has been read), over ms per generated token of
+  ``transformers`` ``generate`` on the same base and the same question tokens (64 new tokens,
+  prefill included);
+* ``context_cost``: where a row's cost grows with context: the row with the engine's grouped
+  attention vs ``transformers``' SDPA path (which repeats every key/value head when a mask is
+  given), the mask construction, and the per-step KV copy of a growing ``DynamicCache`` that the
+  engine's in-place slot cache avoids.
 
 Compared timings are taken alternately (A, B, A, B, ...) after a warm-up, and ratios are medians
 of per-pair ratios, so that load from other processes on a shared machine hits both sides alike.
@@ -33,6 +41,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["DecodeBenchConfig", "format_table", "run_decode_bench"]
+
+QUESTION = "Why is the sky blue during the day but red and orange when the sun sets in the evening?"
+ANSWER_TOKENS = 64
 
 
 @dataclass
@@ -123,8 +134,8 @@ def run_decode_bench(
     say = progress or (lambda _: None)
     from ..engine import SessionBatch, SessionConfig
     from ..fastpath import small_row_linear
+    from ..loading import load_base
     from ..model import MultiStreamLM
-    from ..models import load_base
 
     cfg = config or DecodeBenchConfig()
     if cfg.threads:
@@ -246,8 +257,100 @@ def run_decode_bench(
         )
         results["linear_max_abs_diff_vs_single_rows"] = float((F.linear(h, head) - one_by_one).abs().max())
 
+        say("generate_ratio")
+        results.update(_generate_ratio(base, tokenizer, cfg.repeats))
+        say("context cost")
+        results["context_cost"] = _context_cost(model, tokenizer, cfg.context, greedy, cfg.repeats)
+
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def _generate_ratio(base: Any, tokenizer: Any, repeats: int) -> dict[str, Any]:
+    """ms per answer row (merged-LoRA 2-stream model) over ms per token of HF ``generate``."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ..engine import Session, SessionConfig, tokenize_live
+    from ..model import MultiStreamLM
+
+    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    model = MultiStreamLM.from_base(lora, _schema(2, tokenizer)).eval().merge_adapter()
+    config = SessionConfig(max_rows=10_000, stop_silent_rows=0)
+
+    def answer_rows() -> float:
+        session = Session(model, tokenizer, config)
+        session.feed("user", QUESTION)
+        session.close()
+        while session.state.inputs_closed_row is None:  # rows that read the question
+            session.step()
+        start = time.perf_counter()
+        for _ in range(ANSWER_TOKENS):
+            session.step()
+        return time.perf_counter() - start
+
+    # The same ~20 question tokens the multi-stream model reads (no chat template: SmolLM2's
+    # would add a 30-token default system turn and make plain decoding look slower).
+    prompt = torch.tensor([tokenize_live(tokenizer, QUESTION)])
+
+    def hf_generate() -> None:
+        base.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=ANSWER_TOKENS,
+            min_new_tokens=ANSWER_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+
+    answer_rows(), hf_generate()  # warm-up
+    row_ms, gen_ms, ratio = [], [], []
+    for _ in range(repeats):
+        row_s = answer_rows()
+        gen_s = _timed(hf_generate) / 1000
+        row_ms.append(1000 * row_s / ANSWER_TOKENS)
+        gen_ms.append(1000 * gen_s / ANSWER_TOKENS)
+        ratio.append(row_ms[-1] / gen_ms[-1])
+    return {
+        "answer_row_ms": statistics.median(row_ms),
+        "generate_ms_per_token": statistics.median(gen_ms),
+        "generate_prompt_tokens": prompt.shape[1],
+        "generate_ratio": statistics.median(ratio),
+    }
+
+
+def _context_cost(model: Any, tokenizer: Any, context: int, config: Any, repeats: int) -> dict[str, Any]:
+    """Paired timings that locate what a row pays for context (see the module docstring)."""
+    grouped = _session_at_context(model, tokenizer, context, config)
+    repeated = _session_at_context(model, tokenizer, context, config)
+    repeated.backend._grouped = False  # transformers' own SDPA path: repeat_kv per layer
+    grouped_ms, repeated_ms, ratio = _paired_ms(grouped.step, repeated.step, repeats)
+    backend = grouped.backend
+    C = model.num_streams
+    positions = torch.full((backend.num_slots, C), context // C)
+    seq = torch.arange(C).expand(backend.num_slots, -1)
+    dest = backend.length[:, None] + seq
+    span = int(backend.length.max()) + C
+    plan = type("Plan", (), {"allowed": None})()
+    mask_ms = statistics.median(
+        _timed(lambda: backend._mask(positions, seq, dest, span, plan)) for _ in range(max(repeats, 3))
+    )
+    # What DynamicCache does per step and layer: concatenate the whole cache with the new keys.
+    layers = backend.cache.layers
+    k = layers[0].keys[:, :, :span]
+    new = k[:, :, :C].clone()
+    cat_ms = statistics.median(
+        _timed(lambda: [torch.cat([k, new], 2) for _ in range(2 * len(layers))])
+        for _ in range(max(repeats, 3))
+    )
+    return {
+        "row_ms_grouped_attention": grouped_ms,
+        "row_ms_repeat_kv": repeated_ms,
+        "grouped_vs_repeat_kv": ratio,
+        "mask_ms": mask_ms,
+        "dynamic_cache_copy_ms": cat_ms,
+    }
 
 
 def format_table(results: dict[str, Any]) -> Any:
@@ -302,5 +405,23 @@ def format_table(results: dict[str, Any]) -> Any:
         f"(diff vs 1-row results {results['fastpath_max_abs_diff_vs_single_rows']:.1e}, "
         f"F.linear's {results['linear_max_abs_diff_vs_single_rows']:.1e})",
     )
+    if "generate_ratio" in results:
+        table.add_row(
+            "answer row (2 streams, merged LoRA) / HF generate token",
+            f"{results['answer_row_ms']:.1f} / {results['generate_ms_per_token']:.1f} ms",
+            f"generate_ratio {results['generate_ratio']:.2f} (<= 1.0)",
+        )
+    if "context_cost" in results:
+        cc = results["context_cost"]
+        table.add_row(
+            "row C=3: grouped attention / transformers' repeat_kv",
+            f"{cc['row_ms_grouped_attention']:.1f} / {cc['row_ms_repeat_kv']:.1f} ms",
+            f"ratio {cc['grouped_vs_repeat_kv']:.2f}",
+        )
+        table.add_row(
+            "mask / DynamicCache copy per step",
+            f"{cc['mask_ms']:.2f} / {cc['dynamic_cache_copy_ms']:.1f} ms",
+            "the slot cache writes in place",
+        )
     table.caption = f"{results['seconds']:.0f} s in all"
     return table

@@ -161,9 +161,13 @@ class MultiStreamRunner:
         tokenizer: its tokenizer.
         max_new_tokens: rows allowed after the input has ended (same budget as the baseline).
         stop_silent_rows: stop once the output has been silent this many rows after the input
-            ended (the engine's rule; 0 = off).
+            ended (the engine's rule; 0 = off); None = the model's decoding presets.
         silence_penalty: logit subtracted from the output's silence token once the input has
-            ended, ramped in (the paper's inference default is 2.0; 0 = plain greedy).
+            ended, ramped in; None = the model's decoding presets.
+
+    Every other decoding setting (temperature, top-k/p, penalty ramp, silence keys, start rows)
+    is the model's :class:`~multistream.presets.DecodingPresets`, as in ``generate``, ``chat``
+    and ``serve``; a sampled run uses seed 0 so that reruns and resumed runs agree.
     """
 
     def __init__(
@@ -171,14 +175,19 @@ class MultiStreamRunner:
         model: Any,
         tokenizer: Any,
         max_new_tokens: int = 64,
-        stop_silent_rows: int = 32,
-        silence_penalty: float = 2.0,
+        stop_silent_rows: int | None = None,
+        silence_penalty: float | None = None,
     ) -> None:
+        from ..presets import DecodingPresets
+
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
-        self.stop_silent_rows = stop_silent_rows
-        self.silence_penalty = silence_penalty
+        self.presets = DecodingPresets.load(model).merged(
+            stop_silent_rows=stop_silent_rows, silence_penalty=silence_penalty
+        )
+        self.stop_silent_rows = self.presets.stop_silent_rows
+        self.silence_penalty = self.presets.silence_penalty
         schema = model.schema
         if not schema.output_indices:
             raise ValueError(f"the model's schema {schema.names} has no output stream to score")
@@ -216,18 +225,14 @@ class MultiStreamRunner:
         Returns:
             the :class:`TimedOutput`.
         """
-        from ..engine import Session, SessionConfig
-        from ..sampling import SamplingConfig
+        from ..engine import Session
 
         columns, end = self.input_columns(example)
-        end_tokens = {self.output_stream: self.eos_id} if self.eos_id is not None else {}
-        config = SessionConfig(
-            sampling=SamplingConfig(silence_penalty=self.silence_penalty),
-            max_rows=end + self.max_new_tokens,
-            stop_silent_rows=self.stop_silent_rows,
-            end_tokens=end_tokens,
-        )
-        session = Session(self.model, self.tokenizer, config)
+        session = Session(self.model, self.tokenizer, self.session_config(end + self.max_new_tokens))
+        start_rows = self.presets.start_rows(self.schema, self.tokenizer)
+        if start_rows is not None:
+            session.prefill(start_rows)  # before the first input arrives: not on the clock
+        offset = session.state.num_prefill  # rows below count from the first input row
         for name, ids in columns.items():
             session.feed(name, ids)
         session.close()
@@ -238,7 +243,7 @@ class MultiStreamRunner:
         ended = False
         with torch.inference_mode():
             while session.stop is None:
-                r = len(session.state.rows)
+                r = len(session.state.rows) - offset
                 arrival = _arrival(r, rate) if r < end else None
                 if arrival is not None:
                     clock = max(clock, arrival)
@@ -251,21 +256,33 @@ class MultiStreamRunner:
                 token = row.ids[self.schema.index(self.output_stream)]
                 if ended or token == silence:
                     continue
-                out.end_row, out.end_s = row.index, clock
+                index = row.index - offset
+                out.end_row, out.end_s = index, clock
                 if token == self.eos_id:
                     ended = True
                     continue
-                out.token_rows.append(row.index)
-                out.token_reads.append(min(row.index, end))
+                out.token_rows.append(index)
+                out.token_reads.append(min(index, end))
                 out.token_times_s.append(clock)
                 out.token_visible.append(is_visible(row.text[self.output_stream]))
                 out.token_texts.append(row.text[self.output_stream] or "")
-        out.streams = session.texts()
+        grid = session.grid()
+        # The answer is what the model wrote after its start rows (a warm start's header is not).
+        out.streams = type(grid)(grid.ids[offset:], grid.schema, grid.meta).stream_texts(self.tokenizer)
         out.text = strip_bridging(self._clean(out.streams[self.output_stream]))
-        out.rows = len(session.state.rows)
+        out.rows = session.state.generated_rows
         out.stop = session.stop
         out.timeline = timeline
         return out
+
+    def session_config(self, max_rows: int) -> Any:
+        """The engine settings of one example: the presets, the end token, ``max_rows``."""
+        from ..engine import SessionConfig
+
+        end_tokens = {self.output_stream: self.eos_id} if self.eos_id is not None else {}
+        options = {**self.presets.session_kwargs(), "max_rows": max_rows}
+        seed = 0 if self.presets.temperature > 0 else None
+        return SessionConfig.from_kwargs(**options, seed=seed, end_tokens=end_tokens)
 
     def _clean(self, text: str) -> str:
         eos = getattr(self.tokenizer, "eos_token", None)
@@ -317,29 +334,9 @@ def _with_stub_answer(example: SequentialExample) -> SequentialExample:
     return replace(example, assistant="-")
 
 
-class _TimingStreamer:
-    """A ``generate`` streamer that stamps every new token (the first ``put`` is the prompt)."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        now = time.perf_counter()
-        for t in value.reshape(-1).tolist():
-            self.ids.append(int(t))
-            self.times.append(now)
-
-    def end(self) -> None:
-        pass
-
-
 class SequentialRunner:
-    """Runs a causal LM sequentially: chat-templated prompt, greedy ``generate``.
+    """Runs a causal LM sequentially: chat-templated prompt, greedy decoding with the shared
+    :class:`~multistream.sequential.SequentialBaseline`, every token time-stamped.
 
     Args:
         model: a Hugging Face causal LM (a PEFT model works too).
@@ -353,13 +350,10 @@ class SequentialRunner:
         self.max_new_tokens = max_new_tokens
 
     def prompt_ids(self, text: str) -> list[int]:
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-            if hasattr(ids, "keys"):  # transformers returns a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
-        return tok.encode(text)
+        """The prompt: one user turn (:func:`multistream.sequential.chat_prompt_ids`)."""
+        from ..sequential import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, text)
 
     def run(
         self,
@@ -384,23 +378,22 @@ class SequentialRunner:
         if rate is None and last_input_s is not None and arrivals:
             arrivals[-1] = last_input_s
         start_s = arrivals[-1] if arrivals else 0.0
-        ids = torch.tensor([self.prompt_ids(prompt_text(example))], device=_device(self.model))
-        streamer = _TimingStreamer()
+        from ..sequential import SequentialBaseline
+
+        prompt = self.prompt_ids(prompt_text(example))
         eos = self.tokenizer.eos_token_id
+        baseline = SequentialBaseline(self.model, self.tokenizer, prompt, self.max_new_tokens)
+        tokens: list[int] = []
+        stamps: list[float] = []
         began = time.perf_counter()
-        with torch.inference_mode():
-            self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos if eos is not None else 0,
-                streamer=streamer,
-            )
+        while (token := baseline.next_token()) is not None or baseline.reason == "eos":
+            tokens.append(eos if token is None else token)  # the end token ends the answer
+            stamps.append(time.perf_counter())
+            if token is None:
+                break
         out = TimedOutput(text="", streams={}, input_tokens=input_rows, input_arrivals_s=arrivals)
         kept: list[int] = []
-        for k, (token, stamp) in enumerate(zip(streamer.ids, streamer.times, strict=True)):
+        for k, (token, stamp) in enumerate(zip(tokens, stamps, strict=True)):
             row = input_rows + k
             out.end_row, out.end_s = row, start_s + (stamp - began)
             if token == eos:
@@ -416,9 +409,5 @@ class SequentialRunner:
         out.stop = out.stop or "max_new_tokens"
         out.text = self.tokenizer.decode(kept, skip_special_tokens=True)
         out.streams = {"output": out.text}
-        out.rows = ids.shape[1] + len(streamer.ids)
+        out.rows = len(prompt) + len(tokens)
         return out
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device

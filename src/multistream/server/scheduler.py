@@ -1,14 +1,23 @@
 """One worker thread decodes every live session of a server, batching sessions together.
 
-The model is used by this thread only: sessions that open at about the same time (within
-``gather_s``) and with the same settings form one :class:`~multistream.engine.SessionBatch`
-and are decoded in one forward per row; batches and sequential-baseline jobs take turns. Rows are
-paced: a session gets at most one row per ``row_interval_s`` (a live display needs a steady
-rhythm, and the sequential baseline gets the same pace, one token per row time, so the two lanes
-compare fairly).
+The model is used by this thread only. Sessions with the same settings share one running
+:class:`~multistream.engine.SessionBatch` (up to ``max_batch`` of them) and are decoded in one
+forward per row; batches and sequential-baseline jobs take turns. Batching is continuous: a
+session that opens while a batch with its settings runs joins that batch and gets its first row
+on the batch's next row, and a session that ends leaves at once, freeing its KV slot for the
+next one (the engine gives every session a slot of its own, so neighbours never change its
+tokens). Rows are paced: a batch steps at most once per ``row_interval_s`` (a live display needs
+a steady rhythm, and the sequential baseline gets the same pace, one token per row time, so the
+two lanes compare fairly).
 
-A running batch does not take new members (the engine's batches have a fixed size), so a
-session that opens later starts a new batch; batches are dropped once all their sessions stop.
+Public behaviour, for front-ends and the server's limits:
+
+* :meth:`DecodeScheduler.open` admits a session or raises :class:`SessionLimitError` at once
+  when ``max_sessions`` sessions and baselines are live (callers map it to HTTP 429 / a
+  protocol error); the returned future resolves on the worker within a row's time.
+* :meth:`LiveSession.cancel` (a client left, an idle timeout) ends a session before its next
+  row; ``on_stop`` then fires once with reason ``client``.
+* :meth:`DecodeScheduler.run_baseline` runs a sequential baseline under the same limit.
 
 Callbacks (``on_row``, ``on_stop``, ...) run on the worker thread: keep them short and
 thread-safe (the WebSocket glue hands events to its event loop with ``call_soon_threadsafe``).
@@ -24,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import Row, Session, SessionBatch, SessionConfig
+from ..engine import Row, Session, SessionBatch, SessionConfig, SessionStopped
 from .baseline import SequentialDecoder
 
 __all__ = ["DecodeScheduler", "LiveSession", "SchedulerConfig", "SessionLimitError", "SessionListener"]
@@ -44,9 +53,10 @@ class SchedulerConfig:
 
     Args:
         max_sessions: live sessions at once, over all batches (an ``open`` beyond it fails).
-        max_batch: most sessions decoded in one forward.
+        max_batch: most sessions decoded in one forward (one running batch).
         row_interval_s: least time between two rows of a session; 0 = as fast as the model.
-        gather_s: how long a new session waits for others to share its batch.
+        gather_s: how long the first session of a new batch waits for others to start with it
+            (later ones join the running batch on its next row).
     """
 
     max_sessions: int = 16
@@ -89,6 +99,19 @@ class LiveSession:
     def close(self, stream: str | None = None) -> None:
         """Finish an input stream (None: all)."""
         self.engine_session.close(stream)
+        self._wake()
+
+    def reopen(self, stream: str | None = None) -> None:
+        """Open a closed input stream again for a follow-up while the session runs (waits for
+        a row in progress). A session that stopped cannot: it has left its batch.
+
+        Raises:
+            SessionStopped: the session was cancelled or stopped.
+            ValueError: the stream is unknown, or the model's layout cannot reopen (Layout B).
+        """
+        if self.cancelled:
+            raise SessionStopped("the session was stopped; open a new session")
+        self.engine_session.reopen(stream, resume=False)
         self._wake()
 
     def cancel(self) -> None:
@@ -136,6 +159,7 @@ class _Member:
 @dataclass
 class _RunningBatch:
     batch: SessionBatch
+    config: SessionConfig
     members: list[_Member]
     due: float = 0.0
 
@@ -172,6 +196,9 @@ class DecodeScheduler:
         model: a :class:`~multistream.model.MultiStreamLM` in eval mode.
         tokenizer: its tokenizer.
         config: batching and pacing (:class:`SchedulerConfig`).
+        start_rows: token ids ``[rows][C]`` every session is prefilled with when it joins its
+            batch (a warm start of the model's decoding presets,
+            :meth:`~multistream.presets.DecodingPresets.start_rows`); None = none.
 
     Example:
         >>> scheduler = DecodeScheduler(model, tok).start()                       # doctest: +SKIP
@@ -179,10 +206,17 @@ class DecodeScheduler:
         >>> live.feed("user", "Hello there"); live.close()                        # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: SchedulerConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: SchedulerConfig | None = None,
+        start_rows: list[list[int]] | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or SchedulerConfig()
+        self.start_rows = start_rows
         self._work = _Work()
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
@@ -305,8 +339,10 @@ class DecodeScheduler:
                 if job.due <= now:
                     job.due = now + self.config.row_interval_s
                     self._step_baseline(job)
+            for running in batches:
+                self._leave(running)
             with self._cond:
-                self._work.batches = [b for b in self._work.batches if not all(m.done for m in b.members)]
+                self._work.batches = [b for b in self._work.batches if b.members]
                 self._work.baselines = [j for j in self._work.baselines if j.decoder.reason is None]
                 if self._running:  # shutdown() may have notified while this thread was stepping
                     self._cond.wait(self._idle_wait())
@@ -326,7 +362,7 @@ class DecodeScheduler:
         return max(0.0, min(dues) - now)
 
     def _group(self, openings: list[_Opening]) -> list[list[_Opening]]:
-        """Split ready openings into batches of equal settings and at most ``max_batch``."""
+        """Split ready openings into groups of equal settings and at most ``max_batch``."""
         groups: list[list[_Opening]] = []
         for opening in openings:
             for group in groups:
@@ -338,21 +374,50 @@ class DecodeScheduler:
         return groups
 
     def _start_batch(self, group: list[_Opening]) -> None:
-        try:
-            batch = SessionBatch(self.model, self.tokenizer, len(group), group[0].config)
-        except Exception as e:  # a bad setting reaches here only if it passed validation
-            for opening in group:
-                opening.future.set_exception(e)
-            return
+        """Admit a group of equal settings: into a running batch with room, else a new one."""
+        config = group[0].config
+        running = next(
+            (
+                b
+                for b in self._work.batches
+                if b.config == config and len(b.members) + len(group) <= self.config.max_batch
+            ),
+            None,
+        )
+        fresh: list[Session] = []
+        if running is None:
+            try:
+                batch = SessionBatch(self.model, self.tokenizer, len(group), config)
+            except Exception as e:  # a bad setting reaches here only if it passed validation
+                for opening in group:
+                    opening.future.set_exception(e)
+                return
+            fresh = list(batch.sessions)
+            running = _RunningBatch(batch, config, [], due=time.monotonic())
+            with self._cond:
+                self._work.batches.append(running)
+        # Joining a running batch: the session's first row comes with the batch's next row.
+        sessions = [fresh.pop(0) if fresh else running.batch.add_session() for _ in group]
+        if self.start_rows:
+            # The newcomers' start rows, in one forward; members already running get none.
+            joining = {id(s) for s in sessions}
+            try:
+                running.batch.prefill(
+                    [self.start_rows if id(s) in joining else None for s in running.batch.sessions]
+                )
+            except Exception as e:  # e.g. start rows that do not fit the model: nobody starts
+                for session in sessions:
+                    running.batch.remove(session, STOP_ERROR)
+                for opening in group:
+                    opening.future.set_exception(e)
+                return
         members = []
-        for opening, session in zip(group, batch.sessions, strict=True):
+        for opening, session in zip(group, sessions, strict=True):
             live = LiveSession(f"s{next(self._ids)}", session, opening.wait_for_input, self._wake)
             members.append(_Member(live, opening.listener))
-        running = _RunningBatch(batch, members, due=time.monotonic())
+        running.members.extend(members)
         for member in members:
             member.listener.on_start(member.live)  # before any row: "ready" precedes rows
-        with self._cond:
-            self._work.batches.append(running)
         for opening, member in zip(group, members, strict=True):
             opening.future.set_result(member.live)
 
@@ -360,6 +425,14 @@ class DecodeScheduler:
         if not member.done:
             member.done = True
             member.listener.on_stop(member.live, reason, message)
+
+    def _leave(self, running: _RunningBatch) -> None:
+        """Take finished members out of their batch, freeing their KV slots for newcomers."""
+        for member in [m for m in running.members if m.done]:
+            running.members.remove(member)
+            session = member.live.engine_session
+            if session in running.batch.sessions:
+                running.batch.remove(session, STOP_CLIENT)
 
     def _wake(self) -> None:
         with self._cond:
@@ -374,6 +447,8 @@ class DecodeScheduler:
     def _step_batch(self, running: _RunningBatch) -> None:
         if all(m.done for m in running.members):
             return
+        by_session = {id(m.live.engine_session): m for m in running.members}
+        sessions = list(running.batch.sessions)
         try:
             rows = running.batch.step()
         except Exception as e:  # the session cannot go on; tell its clients why
@@ -381,8 +456,9 @@ class DecodeScheduler:
                 member.live.engine_session.cancel(STOP_ERROR)
                 self._finish(member, STOP_ERROR, f"decoding failed: {type(e).__name__}: {e}")
             return
-        for member, row in zip(running.members, rows, strict=True):
-            if row is None or member.done:
+        for session, row in zip(sessions, rows, strict=True):
+            member = by_session.get(id(session))
+            if row is None or member is None or member.done:
                 continue
             member.listener.on_row(member.live, row)
             if row.stop is not None:

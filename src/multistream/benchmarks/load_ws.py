@@ -12,9 +12,9 @@ binds 127.0.0.1 and ``--url`` accepts only loopback addresses.
 
 Usage::
 
-    python benchmarks/load_ws.py                          # SmolLM2-135M wrapped, in-process server
-    python benchmarks/load_ws.py --model demo --sessions 1,4,16 --json out.json
-    python benchmarks/load_ws.py --url ws://127.0.0.1:8000/v1/live   # a running multistream serve
+    python -m multistream.benchmarks.load_ws                          # SmolLM2-135M wrapped, in-process server
+    python -m multistream.benchmarks.load_ws --model demo --sessions 1,4,16 --json out.json
+    python -m multistream.benchmarks.load_ws --url ws://127.0.0.1:8000/v1/live   # a running multistream serve
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ def _local_server(model: str, schema: str | None, max_sessions: int, threads: in
         scheduler=SchedulerConfig(
             max_sessions=max_sessions, max_batch=max_sessions, row_interval_s=0.0, gather_s=0.2
         ),
+        # Every load-test session comes from this one loopback client.
+        max_sessions_per_client=max_sessions,
     )
     with serve_in_thread(build_app(lm, tokenizer, config)) as base_url:
         yield base_url.replace("http://", "ws://") + "/v1/live"
@@ -139,7 +141,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--schema", default=None, help="streams for a base model (default: user,assistant)")
     parser.add_argument(
-        "--url", default=None, help="use a running server's ws://127.0.0.1:PORT/v1/live instead"
+        "--url",
+        default=None,
+        help="use a running server's ws://127.0.0.1:PORT/v1/live instead (start it with "
+        "--max-sessions-per-client at least the largest N: all sessions come from one client)",
     )
     parser.add_argument("--sessions", default="1,4,16", help="comma-separated N values")
     parser.add_argument("--max-rows", type=int, default=48, help="rows per session (bound)")
