@@ -365,7 +365,28 @@ def test_float16_save_loads_back_into_float32(workdir):
 
 
 def test_sequential_baseline_trains_with_the_same_trainer(workdir):
-    final = train(_config(workdir, "sequential", layout="sequential", max_steps=3, save_strategy="no"))
+    final = train(_config(workdir, "sequential", form="sequential", max_steps=3, save_strategy="no"))
     model = MultiStreamLM.from_pretrained(final)
     assert model.schema.names == ["chat"]
     assert float(model.stream_embedding.weight.detach().abs().sum()) == 0  # frozen: an ordinary causal LM
+
+
+def test_old_layout_key_selects_the_form_with_a_warning(workdir):
+    with pytest.warns(FutureWarning, match="form: sequential"):
+        config = _config(workdir, "old", layout="sequential")
+    assert (config.form, config.layout) == ("sequential", "grid")
+    with pytest.warns(FutureWarning):
+        assert _config(workdir, "old", layout="multistream").form == "multistream"
+    with pytest.raises(TrainConfigError, match="contradicts form 'sequential'"):
+        _config(workdir, "old", layout="multistream", form="sequential")
+
+
+def test_form_and_layout_are_checked(workdir):
+    config = _config(workdir, "new")
+    assert (config.form, config.layout, config.layout_options) == ("multistream", "grid", {})
+    with pytest.raises(TrainConfigError, match="form 'parallel' is unknown"):
+        _config(workdir, "new", form="parallel")
+    with pytest.raises(TrainConfigError, match="layout 'diagonal' is unknown; choose one of grid, blocks"):
+        _config(workdir, "new", layout="diagonal")
+    with pytest.raises(TrainConfigError, match="layout_options must be a mapping"):
+        _config(workdir, "new", layout_options=[1, 2])

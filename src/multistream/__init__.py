@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .engine import Session, SessionConfig, generate
     from .grid import GridError, Segment, StreamGrid
     from .model import MultiStreamConfig, MultiStreamLM, MultiStreamOutput
+    from .sampling import SamplingConfig
     from .schema import Role, SchemaError, Stream, StreamSchema
 
 _LAZY = {
@@ -27,6 +29,10 @@ _LAZY = {
     "SchemaError": "schema",
     "Stream": "schema",
     "StreamSchema": "schema",
+    "Session": "engine",
+    "SessionConfig": "engine",
+    "generate": "engine",
+    "SamplingConfig": "sampling",
 }
 
 __all__ = [
@@ -35,12 +41,16 @@ __all__ = [
     "MultiStreamLM",
     "MultiStreamOutput",
     "Role",
+    "SamplingConfig",
     "SchemaError",
     "Segment",
+    "Session",
+    "SessionConfig",
     "Stream",
     "StreamGrid",
     "StreamSchema",
     "__version__",
+    "generate",
 ]
 
 

@@ -14,12 +14,22 @@ of tokens inside a flattened row, and the index of each stream's learned embeddi
 
 from __future__ import annotations
 
+import difflib
 import re
+import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-__all__ = ["DEFAULT_SILENCE_TEXT", "Role", "SchemaError", "Stream", "StreamSchema"]
+__all__ = [
+    "DEFAULT_SILENCE_TEXT",
+    "KNOWN_STREAM_NAMES",
+    "Role",
+    "SchemaError",
+    "SchemaWarning",
+    "Stream",
+    "StreamSchema",
+]
 
 # The paper's released models fill silent cells with the BPE token for " -" (spec §2.4).
 DEFAULT_SILENCE_TEXT = " -"
@@ -29,6 +39,10 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 class SchemaError(ValueError):
     """A stream schema or a reference to one of its streams is invalid."""
+
+
+class SchemaWarning(UserWarning):
+    """A stream schema is valid but probably not what was meant (e.g. a misspelt stream name)."""
 
 
 class Role(StrEnum):
@@ -66,9 +80,11 @@ class Stream:
         try:
             object.__setattr__(self, "role", Role(self.role))
         except ValueError:
-            choices = ", ".join(r.value for r in Role)
+            choices = [r.value for r in Role]
+            close = difflib.get_close_matches(str(self.role), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SchemaError(
-                f"stream {self.name!r}: role {self.role!r} is unknown; choose one of {choices}"
+                f"stream {self.name!r}: role {self.role!r} is unknown{hint}; choose one of {', '.join(choices)}"
             ) from None
 
     @property
@@ -78,15 +94,38 @@ class Stream:
 
 # Role guessed from a bare stream name in ``StreamSchema.parse("user,assistant")``.
 _INPUT_NAMES = {"user", "system", "data", "input", "tool", "tools", "instruction", "context"}
+_THINK_PREFIXES = ("think", "reason", "audit", "plan")
+# Bare names whose role is known; any other bare name becomes an output stream with a warning,
+# since a misspelt input ("usr") would otherwise silently become a generated stream.
+KNOWN_STREAM_NAMES: tuple[str, ...] = (
+    *sorted(_INPUT_NAMES),
+    "assistant", "answer", "output", "response", "reply", "chat",
+    "think", "thinking", "reasoning", "audit", "plan",
+)  # fmt: skip
 
 
 def _guess_role(name: str) -> Role:
     lowered = name.lower()
     if lowered in _INPUT_NAMES:
         return Role.INPUT
-    if lowered.startswith(("think", "reason", "audit", "plan")):
+    if lowered.startswith(_THINK_PREFIXES):
         return Role.THINK
     return Role.OUTPUT
+
+
+def _warn_unknown_name(name: str) -> None:
+    lowered = name.lower()
+    if lowered in KNOWN_STREAM_NAMES or lowered.startswith(_THINK_PREFIXES):
+        return
+    close = difflib.get_close_matches(lowered, KNOWN_STREAM_NAMES, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    warnings.warn(
+        f"stream {name!r} is not a known stream name, so it becomes an output stream; {hint}"
+        f"known names: {', '.join(KNOWN_STREAM_NAMES)}; write {name}:output (or :input, :think) "
+        "to set the role explicitly",
+        SchemaWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True)
@@ -142,6 +181,8 @@ class StreamSchema:
 
         Without an explicit role, ``user``/``system``/``data``/``tool`` are inputs, names starting
         with ``think``/``reason``/``audit``/``plan`` are thinking streams, anything else is output.
+        A bare name that is none of :data:`KNOWN_STREAM_NAMES` (``assistent``) warns with a
+        :class:`SchemaWarning` that suggests the closest known name; ``name:role`` never warns.
         """
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         if not parts:
@@ -149,7 +190,10 @@ class StreamSchema:
         streams = []
         for part in parts:
             name, _, role = part.partition(":")
-            streams.append(Stream(name.strip(), Role(role.strip()) if role else _guess_role(name)))
+            name = name.strip()
+            if not role:
+                _warn_unknown_name(name)
+            streams.append(Stream(name, role.strip() if role else _guess_role(name)))
         return cls(tuple(streams), silence_text=silence_text)
 
     @classmethod

@@ -6,7 +6,7 @@ run back to back on the same arrival schedule, and each output gets:
 
 ``ttft_rows``
     row of the first visible output token, counting the first input token's row as 0
-    (baseline: the ``sequential`` layout, first generated token at row ``E``).
+    (baseline: the sequential form, first generated token at row ``E``).
 ``ttft_rows_from_last_input``
     the same, counted from the last input row (negative: the model spoke before the input
     ended).

@@ -32,8 +32,10 @@ class EvalOptions:
         max_new_tokens: generation budget after the input, the same for both systems (None:
             the task's own, or 64).
         schema: stream spec when ``model`` is a base model.
-        stop_silent_rows: the multi-stream stop rule after the input ends.
-        silence_penalty: output silence penalty after the input (paper: 2.0; 0 = plain greedy).
+        stop_silent_rows: the multi-stream stop rule after the input ends (None: the model's
+            decoding presets, as in ``generate``, ``chat`` and ``serve``).
+        silence_penalty: output silence penalty after the input (None: the model's presets;
+            0 = plain greedy).
         threads: torch CPU threads (default: torch's choice); recorded with the settings.
         data_dir: folder of the shared data sets (default: ``tasks.default_data_dir()``).
         progress: show a progress bar.
@@ -45,8 +47,8 @@ class EvalOptions:
     limit: int | None = 20
     max_new_tokens: int | None = None
     schema: str | None = None
-    stop_silent_rows: int = 32
-    silence_penalty: float = 2.0
+    stop_silent_rows: int | None = None
+    silence_penalty: float | None = None
     threads: int | None = None
     data_dir: str | Path | None = None
     progress: bool = True
@@ -103,8 +105,10 @@ def _settings(options: EvalOptions, systems: Any, **extra: Any) -> dict[str, Any
         "baseline": systems.baseline_name,
         "schema": ",".join(systems.model.schema.names),
         "max_new_tokens": options.max_new_tokens,
-        "stop_silent_rows": options.stop_silent_rows,
-        "silence_penalty": options.silence_penalty,
+        # The settings the model decoded with: its presets under the options given.
+        "stop_silent_rows": systems.model.stop_silent_rows,
+        "silence_penalty": systems.model.silence_penalty,
+        "decoding": {k: v for k, v in systems.model.presets.to_dict().items() if k != "format_version"},
         "threads": options.threads,
         "notes": systems.notes,
         **extra,

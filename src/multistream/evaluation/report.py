@@ -8,7 +8,7 @@ Plots (matplotlib, Agg backend, so no display is needed):
   ``attack_success.png`` -- attack success rate per attack (injection runs).
 * ``timeline.png`` -- one example's streams: rows on the x axis, one lane per stream, each run
   of non-silent cells drawn where it was produced, and the baseline's answer where the
-  sequential layout puts it.
+  sequential form puts it.
 """
 
 from __future__ import annotations

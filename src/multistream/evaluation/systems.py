@@ -1,12 +1,13 @@
 """Loading the pair of systems an evaluation compares: ``--model`` and ``--baseline``.
 
-``--model`` is a multi-stream model: a registered name (``demo``), a directory written by
+``--model`` is a multi-stream model: a registered name (``demo``; the names are
+:data:`multistream.loading.MULTISTREAM_MODELS`), a directory written by
 ``MultiStreamLM.save_pretrained``, or a base model wrapped with an untrained stream embedding
 (``--schema``, default ``user,assistant``; labelled *untrained* in every report).
 
 ``--baseline`` is a sequential model: a base model (embedded name or HF directory), or a
-one-stream model saved by the sequential trainer (``multistream.training``, layout
-``sequential``), whose base (with its adapter) is exactly the baseline LM. Without
+one-stream model saved by the sequential trainer (``multistream.training``, ``form:
+sequential``), whose base (with its adapter) is exactly the baseline LM. Without
 ``--baseline``, the model's own base model is used, run with its chat template.
 """
 
@@ -41,39 +42,30 @@ class Systems:
 
 
 def _is_saved_multistream(name: str) -> bool:
+    from ..loading import MULTISTREAM_MODELS
     from ..model import CONFIG_NAME
-    from ..models import MULTISTREAM_MODELS
 
     return name in MULTISTREAM_MODELS or (Path(name).expanduser() / CONFIG_NAME).is_file()
 
 
-def _register_named_models() -> None:
-    # The shipped demo registers itself on import; importing it here makes `--model demo` work.
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("multistream.demo") is not None:
-        importlib.import_module("multistream.demo")
-
-
 def _load_baseline(name: str) -> tuple[Any, Any]:
     """A sequential LM and its tokenizer from a base model or a one-stream saved model."""
+    from ..loading import load_base
     from ..model import MultiStreamLM
-    from ..models import load_base
 
     if _is_saved_multistream(name):
-        from ..models import resolve_multistream
+        from ..loading import resolve_multistream
 
         wrapped, tokenizer = resolve_multistream(name)
         if wrapped.num_streams != 1:
             raise ValueError(
                 f"--baseline {name!r} is a {wrapped.num_streams}-stream model {wrapped.schema.names}; "
-                "a baseline must be sequential: pass a base model or a model trained with layout: sequential"
+                "a baseline must be sequential: pass a base model or a model trained with form: sequential"
             )
         if bool(wrapped.stream_embedding.weight.abs().max() > 0):
             raise ValueError(
                 f"--baseline {name!r} has a non-zero stream embedding, so its base LM alone is not the "
-                "trained model; train the baseline with layout: sequential (which keeps it zero)"
+                "trained model; train the baseline with form: sequential (which keeps it zero)"
             )
         assert isinstance(wrapped, MultiStreamLM)
         return wrapped.base_model.eval(), tokenizer
@@ -90,8 +82,8 @@ def load_systems(
     baseline: str | None = None,
     schema: str | None = None,
     max_new_tokens: int = 64,
-    stop_silent_rows: int = 32,
-    silence_penalty: float = 2.0,
+    stop_silent_rows: int | None = None,
+    silence_penalty: float | None = None,
 ) -> Systems:
     """Load ``--model`` and ``--baseline`` (see the module docstring).
 
@@ -100,15 +92,16 @@ def load_systems(
         baseline: sequential model, or None for the model's own base model.
         schema: stream spec when ``model`` is a base model (default ``user,assistant``).
         max_new_tokens: generation budget after the input, shared by both systems.
-        stop_silent_rows: the multi-stream runner's silence stop rule.
-        silence_penalty: the multi-stream runner's output silence penalty after the input.
+        stop_silent_rows: the multi-stream runner's silence stop rule (None: the model's
+            decoding presets, like every other decoding setting).
+        silence_penalty: the multi-stream runner's output silence penalty after the input
+            (None: the model's decoding presets).
 
     Returns:
         :class:`Systems`.
     """
-    from ..models import resolve_multistream
+    from ..loading import resolve_multistream
 
-    _register_named_models()
     notes: list[str] = []
     if _is_saved_multistream(model):
         if schema is not None:

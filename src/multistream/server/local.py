@@ -1,9 +1,8 @@
-"""Running the server inside a Python process, and looking at it with a headless browser.
+"""Running the server inside a Python process.
 
-For tests, benchmarks, screenshots and notebooks: :func:`serve_in_thread` runs an app with
-uvicorn on a free loopback port in a background thread, and :data:`HEADLESS_CHROMIUM_FLAGS` are
-the flags under which the tests start Debian's Chromium (no network beyond loopback, no
-sandbox for containers, nothing written outside the profile directory).
+For notebooks, benchmarks, screenshots and tests: :func:`serve_in_thread` runs an app with
+uvicorn on a free loopback port in a background thread. (How the tests start a headless browser
+is test tooling and lives in ``tests/headless_browser.py``.)
 """
 
 from __future__ import annotations
@@ -14,18 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["HEADLESS_CHROMIUM_FLAGS", "serve_in_thread"]
-
-HEADLESS_CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
+__all__ = ["serve_in_thread"]
 
 
 @contextlib.contextmanager

@@ -27,5 +27,6 @@ TASK = register_task(
         _score,
         primary="f1",
         max_new_tokens=64,
+        description="AlpacaFarm instructions (805): token F1 against the reference, a utility proxy",
     )
 )

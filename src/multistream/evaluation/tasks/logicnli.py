@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...data.examples import SequentialExample
-from ...data.prompts import LOGICNLI_LABELS
+from ...data.prompts import LOGICNLI_LABELS, nli_prompt
 from ..metrics import extract_label
 from . import Task, register_task
 
@@ -13,4 +13,14 @@ def _score(output: str, example: SequentialExample) -> dict[str, float | str | N
     return {"prediction": prediction, "accuracy": float(prediction == example.answer)}
 
 
-TASK = register_task(Task("logicnli", "logicnli/test_language.json", "logicnli", _score, max_new_tokens=48))
+TASK = register_task(
+    Task(
+        "logicnli",
+        "logicnli/test_language.json",
+        "logicnli",
+        _score,
+        max_new_tokens=48,
+        prompt=nli_prompt,
+        description="LogicNLI test: one of four labels for premise and hypothesis",
+    )
+)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...data.examples import SequentialExample
+from ...data.prompts import math_prompt
 from ..metrics import extract_final_answer, math_answers_equal
 from . import Task, register_task
 
@@ -12,4 +15,14 @@ def _score(output: str, example: SequentialExample) -> dict[str, float | str | N
     return {"prediction": prediction, "accuracy": float(math_answers_equal(prediction, example.answer))}
 
 
-TASK = register_task(Task("math500", "math500/test.jsonl", "math500", _score, max_new_tokens=384))
+TASK = register_task(
+    Task(
+        "math500",
+        "math500/test.jsonl",
+        "math500",
+        _score,
+        max_new_tokens=384,
+        prompt=partial(math_prompt, integer=False),
+        description="MATH500: competition math, the boxed expression (normalised)",
+    )
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...data.examples import SequentialExample
-from ...data.prompts import PROOFWRITER_VALUES
+from ...data.prompts import PROOFWRITER_VALUES, proofwriter_prompt
 from ..metrics import extract_label
 from . import Task, register_task
 
@@ -13,4 +13,14 @@ def _score(output: str, example: SequentialExample) -> dict[str, float | str | N
     return {"prediction": prediction, "accuracy": float(prediction == example.answer)}
 
 
-TASK = register_task(Task("proofwriter", "proofwriter/dev.json", "proofwriter", _score, max_new_tokens=48))
+TASK = register_task(
+    Task(
+        "proofwriter",
+        "proofwriter/dev.json",
+        "proofwriter",
+        _score,
+        max_new_tokens=48,
+        prompt=proofwriter_prompt,
+        description="ProofWriter depth-5 dev: True / False / Unknown",
+    )
+)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ...data.examples import SequentialExample
-from ...data.prompts import PUBMEDQA_VALUES
+from ...data.prompts import PUBMEDQA_VALUES, pubmedqa_prompt
 from ..metrics import extract_label
 from . import Task, register_task
 
@@ -28,5 +28,14 @@ def _score(output: str, example: SequentialExample) -> dict[str, float | str | N
 
 
 TASK = register_task(
-    Task("pubmedqa", "pubmedqa/ori_pqal.json", "pubmedqa", _score, max_new_tokens=48, select=_select)
+    Task(
+        "pubmedqa",
+        "pubmedqa/ori_pqal.json",
+        "pubmedqa",
+        _score,
+        max_new_tokens=48,
+        select=_select,
+        prompt=pubmedqa_prompt,
+        description="PubMedQA PQA-L test split: yes / no / maybe",
+    )
 )

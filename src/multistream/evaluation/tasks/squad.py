@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from ...data.examples import SequentialExample
+from ...data.prompts import squad_prompt
 from ..metrics import extract_final_answer, squad_exact_match, squad_f1
 from . import Task, register_task
 
@@ -35,5 +36,15 @@ def _score(output: str, example: SequentialExample) -> dict[str, float | str | N
 
 
 TASK = register_task(
-    Task("squad", "squad/dev-v1.1.jsonl", "squad", _score, primary="f1", max_new_tokens=48, select=_select)
+    Task(
+        "squad",
+        "squad/dev-v1.1.jsonl",
+        "squad",
+        _score,
+        primary="f1",
+        max_new_tokens=48,
+        select=_select,
+        prompt=squad_prompt,
+        description="SQuAD v1.1 dev, a fixed 1,000-question sample: answer span, EM and F1",
+    )
 )
