@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,8 +100,9 @@ def main() -> None:
     import torch
     from playwright.sync_api import sync_playwright
 
-    from multistream.models import resolve_multistream
-    from multistream.server.local import HEADLESS_CHROMIUM_FLAGS
+    from multistream.loading import resolve_multistream
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from headless_browser import HEADLESS_CHROMIUM_FLAGS
 
     torch.set_num_threads(args.threads)
     model, tokenizer = resolve_multistream(args.model, args.schema)

@@ -16,8 +16,8 @@ import warnings
 import pytest
 
 from frontend_helpers import WordTokenizer, one_torch_thread, serve_in_thread, tiny_multistream
+from headless_browser import HEADLESS_CHROMIUM_FLAGS
 from multistream.server.live import LiveConfig
-from multistream.server.local import HEADLESS_CHROMIUM_FLAGS
 from multistream.server.scheduler import SchedulerConfig
 from multistream.server.serve import build_app
 
@@ -89,6 +89,8 @@ def test_answer_appears_in_the_output_lane_while_typing(chromium, server_url, tm
         )
         try:
             page = context.new_page()
+            failed: list[str] = []  # every request of the page must succeed (no 404 on first load)
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(server_url + "/")
             page.wait_for_selector("#status.live", timeout=30_000)
             lanes = page.locator(".lane").evaluate_all("els => els.map(e => e.dataset.stream)")
@@ -106,15 +108,96 @@ def test_answer_appears_in_the_output_lane_while_typing(chromium, server_url, tm
             )
             # What was typed reached the input stream, word by word, in order.
             page.wait_for_function(
-                f"document.querySelector('.lane[data-stream=\"user\"] .text').textContent.split(' w').length > {len(words)}",
+                f"document.querySelector('.lane[data-stream=\"user\"] .text').textContent.split(' w').length >= {len(words)}",
                 timeout=20_000,
             )
+            user_text = page.locator('.lane[data-stream="user"] .text').inner_text()
+            assert user_text == user_text.lstrip()  # no stray leading space
             page.keyboard.press("Enter")
             page.wait_for_selector('.lane[data-stream="baseline"] .text span', timeout=20_000)
             assert page.locator("#timeline .tcol").count() > len(words)
+            # Readable timeline: a legend, stream labels, a row axis, the input-closed marker.
+            assert page.locator("#legend .swatch").count() >= 5
+            labels = page.locator("#timeline-labels div").all_inner_texts()
+            assert labels == ["user", "think", "assistant", "baseline", "row"]
+            assert page.locator("#timeline .axis", has_text="10").count() == 1
+            page.wait_for_selector("#timeline .tcol.marker", timeout=20_000)
+            # Stop the session: the baseline goes on, and its timeline track keeps up with it.
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#status:has-text('stopped')", timeout=20_000)
+            page.wait_for_timeout(1500)
+            lane, track = page.evaluate(
+                """() => [document.querySelector('.lane[data-stream="baseline"] .text').textContent,
+                          [...document.querySelectorAll('#timeline .cell.baseline')].map(c => c.title).join('')]"""
+            )
+            assert lane.strip() == track.strip() and lane.strip()
+            # A second question keeps the first turn in the lanes, below a rule.
+            page.keyboard.type("and another one ", delay=60)
+            page.wait_for_function(
+                "document.querySelectorAll('.lane[data-stream=\"user\"] .turn-rule').length === 1",
+                timeout=20_000,
+            )
+            assert (
+                page.locator('.lane[data-stream="user"] .text')
+                .inner_text()
+                .startswith(user_text.strip()[:20])
+            )
+            assert failed == [], failed
             screenshot = tmp_path / "page.png"
             page.screenshot(path=str(screenshot))
             assert screenshot.stat().st_size > 0
             print(f"screenshot: {screenshot}")
+        finally:
+            context.close()
+
+
+def test_typing_during_the_answer_is_a_follow_up_in_the_same_session(chromium, server_url, tmp_path):
+    """Issue 14 item 4 in the page: words typed while the answer streams are fed into the running
+    session (``feed`` with ``reopen``), no new session opens, and the lanes keep both turns."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_loudly("the playwright Python package is not installed (pip install playwright)")
+    import json
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium, args=list(HEADLESS_CHROMIUM_FLAGS),
+            headless=True, viewport={"width": 1200, "height": 760},
+        )  # fmt: skip
+        try:
+            page = context.new_page()
+            sent: list[dict] = []
+            received: list[dict] = []
+
+            def watch(ws) -> None:
+                ws.on("framesent", lambda payload: sent.append(json.loads(payload)))
+                ws.on("framereceived", lambda payload: received.append(json.loads(payload)))
+
+            page.on("websocket", watch)
+            page.goto(server_url + "/")
+            page.wait_for_selector("#status.live", timeout=30_000)
+            page.click("#input")
+            page.keyboard.type("what is the capital ", delay=40)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#status:has-text('answering')", timeout=20_000)
+            page.wait_for_timeout(400)  # the answer streams
+            page.keyboard.type("and of spain ", delay=40)
+            page.wait_for_selector("#status:has-text('follow-up')", timeout=20_000)
+            user_lane = page.locator('.lane[data-stream="user"] .text')
+            page.wait_for_function(
+                # WordTokenizer cells read " w<id>": both turns' 7 words reach the user lane.
+                "(document.querySelector('.lane[data-stream=\"user\"] .text').textContent.match(/w\\d+/g) || []).length >= 7",
+                timeout=20_000,
+            )
+            # The first word of the follow-up reopens the input; the next ones are plain feeds.
+            feeds = [m for m in sent if m.get("type") == "feed"]
+            reopened = [i for i, m in enumerate(feeds) if m.get("reopen")]
+            assert len(reopened) == 1
+            assert "".join(m["text"] for m in feeds[reopened[0] :]).split() == ["and", "of", "spain"]
+            assert [m["type"] for m in sent].count("open") == 1  # the same session
+            assert not [e for e in received if e["type"] in ("error", "stopped")], received[-3:]
+            assert page.locator('.lane[data-stream="user"] .turn-rule').count() == 1  # two turns
+            assert user_lane.inner_text().strip()
         finally:
             context.close()

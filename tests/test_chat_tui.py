@@ -120,6 +120,46 @@ def test_run_chat_loop_with_injected_keys():
     assert "assistant" in console.file.getvalue()
 
 
+def test_typing_during_an_answer_is_a_follow_up_in_the_same_session():
+    app = ChatApp(
+        tiny_multistream(), TOK, SessionConfig(max_rows=200, stop_silent_rows=0), row_interval_s=0.0
+    )
+    press(app, "what is the capital\r")
+    session = app.session
+    for _ in range(6):
+        assert app.tick() is not None  # the answer streams
+    answer_so_far = dict(app.state.texts)
+    press(app, "and of spain ", rows_per_key=1)
+    # The same session reads the follow-up: nothing was thrown away.
+    assert app.session is session and session.stop is None
+    assert session.texts()["user"] == TOK.decode(TOK.encode("what is the capital and of spain"))
+    for name in ("think", "assistant"):
+        assert app.state.texts[name].startswith(answer_so_far[name])
+    assert app.state.turns == 2 and not app.state.closed
+    press(app, "\r")
+    assert app.state.closed
+    text = screen(app)
+    assert "turn 2" in text and "> and of spain" in text
+
+
+def test_a_new_question_after_an_answer_keeps_the_conversation_on_screen():
+    app = make_app(max_rows=12)
+    press(app, "first question\r")
+    for _ in range(40):
+        if app.tick() is None and app.session.stop is not None:
+            break
+    first = app.session
+    assert first.stop is not None
+    press(app, "second ", rows_per_key=1)
+    assert app.session is not first and len(app.state.history) == 1
+    assert app.state.history[0]["user"].split() == first.texts()["user"].split()
+    text = screen(app, height=40)
+    user_column = TOK.decode(TOK.encode("first question")).strip()
+    assert user_column.split()[0] in text and "───" in text  # the earlier turn, then a rule
+    app.key(KEYS["reset"])
+    assert app.state.history == []
+
+
 def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True, timeout=30).stdout
 
@@ -142,7 +182,7 @@ def test_chat_command_in_tmux(tmp_path):
     session = f"mschat{tmp_path.name[-8:]}".replace(".", "")
     command = (
         f"{Path(sys.executable).parent / 'multistream'} chat --model {model_dir} --row-interval-ms 50 "
-        "--max-rows 400 --threads 1"
+        "--max-rows 400 --stop-silent-rows 0 --threads 1"
     )
     _tmux("new-session", "-d", "-s", session, "-x", "110", "-y", "24", command)
     try:
@@ -154,6 +194,16 @@ def test_chat_command_in_tmux(tmp_path):
         _tmux("send-keys", "-t", session, "Enter")
         pane = _wait_for_pane(session, lambda p: "question complete" in p or "stopped" in p)
         (tmp_path / "pane.txt").write_text(pane)
+        # Typing while the answer streams is a follow-up in the same session (issue 14 item 4):
+        # the first question stays in the user column, the rows go on, the turn counter counts.
+        rows_before = int(pane.split("rows ")[1].split()[0])
+        _tmux("send-keys", "-t", session, "-l", "and then ")
+        # One capture can catch the screen mid-redraw: wait for a whole frame that shows it all.
+        pane = _wait_for_pane(
+            session,
+            lambda p: "turn 2" in p and "follow-up" in p and "hello" in p.split("> ")[0] and "and then" in p,
+        )
+        pane = _wait_for_pane(session, lambda p: int(p.split("rows ")[1].split()[0]) > rows_before)
         _tmux("send-keys", "-t", session, "C-q")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -166,3 +216,13 @@ def test_chat_command_in_tmux(tmp_path):
         assert not alive, "multistream chat did not quit on Ctrl-Q"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_sessions_start_from_the_presets_start_rows():
+    model = tiny_multistream()
+    silence = model.schema.require_silence_id()
+    header = [[silence, 11, 12], [silence, 13, 14]]  # user silent; think and assistant speak
+    app = ChatApp(model, TOK, SessionConfig(max_rows=20), row_interval_s=0.0, start_rows=header)
+    press(app, "hello ", rows_per_key=1)
+    assert app.session.state.num_prefill == 2
+    assert [list(r) for r in app.session.state.rows[:2]] == header

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,8 +40,12 @@ def _free_port() -> int:
 
 
 def test_serve_prints_its_url_and_answers(tmp_path):
+    from multistream.presets import DecodingPresets
+
     model_dir = tmp_path / "tiny"
     save_tiny_bpe_model(model_dir)
+    # The model's saved presets are the server's defaults (one set for every command).
+    DecodingPresets(silence_penalty=3.0, stop_silent_rows=6).save(model_dir)
     port = _free_port()
     command = [MULTISTREAM, "serve", "--model", str(model_dir), "--port", str(port), "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -49,6 +54,7 @@ def test_serve_prints_its_url_and_answers(tmp_path):
         lines = (process.stdout.readline() for _ in range(200))
         url_line = next((line for line in lines if "http://" in line or not line), "")
         assert f"open http://localhost:{port}/" in url_line
+        assert f"model tiny on 127.0.0.1:{port}" in url_line  # the startup line names all three
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -60,7 +66,16 @@ def test_serve_prints_its_url_and_answers(tmp_path):
                     raise
                 time.sleep(0.3)
         assert info["model"] == "tiny" and [s["name"] for s in info["streams"]] == ["user", "assistant"]
-        assert info["sampling"]["silence_penalty"] == 2.0 and info["row_interval_ms"] == 100.0
+        assert info["sampling"]["silence_penalty"] == 3.0 and info["row_interval_ms"] == 100.0
+        assert info["limits"]["idle_timeout_s"] == 60 and info["limits"]["max_sessions_per_client"] == 4
+        # The command's server applies the security model: foreign Host and Origin are refused.
+        for headers, status in (({"Host": "rebind.example"}, 400), ({"Origin": "https://evil.example"}, 403)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/info", headers=headers)
+            try:
+                urllib.request.urlopen(request, timeout=5)
+                raise AssertionError(f"{headers} was not refused")
+            except urllib.error.HTTPError as e:
+                assert e.code == status
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -19,6 +19,18 @@ from multistream.server.scheduler import SchedulerConfig
 from multistream.server.serve import build_app
 
 TOK = WordTokenizer()
+BASE = "http://127.0.0.1"
+
+
+class LocalClient(TestClient):
+    """A test client that names the server 127.0.0.1: its default Host, "testserver", is
+    refused like any foreign name (DNS rebinding), also on the WebSocket."""
+
+    def __init__(self, app, **options) -> None:
+        super().__init__(app, base_url=BASE, **options)
+
+    def websocket_connect(self, url: str, *args, **kwargs):
+        return super().websocket_connect(f"ws://127.0.0.1{url}", *args, **kwargs)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,7 +43,7 @@ MAX_EVENTS = 200  # every read loop is bounded: a bug must fail the test, not ha
 
 
 @contextlib.contextmanager
-def make_client(token: str | None = None, **config) -> Iterator[TestClient]:
+def make_client(token: str | None = None, **config) -> Iterator[LocalClient]:
     scheduler = SchedulerConfig(
         row_interval_s=config.pop("row_interval_s", 0.0),
         gather_s=config.pop("gather_s", 0.05),
@@ -40,7 +52,7 @@ def make_client(token: str | None = None, **config) -> Iterator[TestClient]:
     config.setdefault("max_rows", 12)
     live = LiveConfig(model_name="tiny", scheduler=scheduler, **config)
     # The context runs the app's startup and shutdown: the decode worker starts and stops.
-    with TestClient(build_app(tiny_multistream(), TOK, live, token=token)) as test_client:
+    with LocalClient(build_app(tiny_multistream(), TOK, live, token=token)) as test_client:
         yield test_client
 
 
@@ -298,7 +310,7 @@ def test_answers_end_at_the_eos_token_which_is_not_shown():
 
     live = LiveConfig(model_name="tiny", max_rows=30, scheduler=SchedulerConfig(row_interval_s=0.0))
     with (
-        TestClient(build_app(model, EosTokenizer(), live)) as test_client,
+        LocalClient(build_app(model, EosTokenizer(), live)) as test_client,
         test_client.websocket_connect("/v1/live") as ws,
     ):
         send(ws, type="open")

@@ -5,10 +5,13 @@ Heavy imports (torch, transformers) happen inside commands so ``multistream --he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperCommand
 
 app = typer.Typer(
     name="multistream",
@@ -16,12 +19,87 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's option table truncated option names at 80 columns (--stop-silent-r…).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"multistream {version('multistream')}")
+        except PackageNotFoundError:
+            typer.echo("multistream (not installed as a package)")
+        raise typer.Exit()
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr for our own messages: no weight-loading bars, no library warnings."""
+    import logging
+    import os
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch)\b")
+    for name in ("transformers", "peft", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show library progress bars and warnings on stderr")
+    ] = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit"),
+    ] = None,
+) -> None:
     """Multi-stream language models: convert data, train, run live, measure."""
+    if not verbose:
+        _quiet_libraries()
+
+
+def _registry_help(**names: Callable[[], list[str]]) -> type[TyperCommand]:
+    """A command class whose option help fills ``{names}`` from a registry when help is shown.
+
+    The registries (tasks, policies, attacks) import torch, which ``multistream --help`` must not,
+    so the names are read only when this command's help is printed.
+    """
+
+    class RegistryHelp(TyperCommand):
+        def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            for param in self.params:
+                text = getattr(param, "help", None)
+                if param.name in names and text and "{names}" in text:
+                    param.help = text.replace("{names}", ", ".join(names[param.name]()))
+            super().format_help(ctx, formatter)
+
+    return RegistryHelp
+
+
+def _task_names() -> list[str]:
+    from .evaluation.tasks import task_names
+
+    return task_names()
+
+
+def _policy_names() -> list[str]:
+    from .data.convert import POLICIES
+
+    return list(POLICIES)
+
+
+def _attack_names() -> list[str]:
+    from .evaluation.injection import ATTACKS
+
+    return ["none", *ATTACKS]
 
 
 def _fail(message: str) -> None:
@@ -47,7 +125,7 @@ def inspect(
     from rich.console import Console
 
     from .data.io import GridFileError, iter_grids
-    from .models import BaseModelError, load_tokenizer
+    from .loading import BaseModelError, load_tokenizer
     from .render import grid_table
 
     try:
@@ -56,7 +134,9 @@ def inspect(
         _fail(str(e))
     grid, count = None, 0
     try:
-        for count, candidate in enumerate(iter_grids(path, tokenizer=None), start=1):
+        # With the tokenizer: ids are checked against its vocabulary, and a text-only grid
+        # (no token ids) is tokenized for display.
+        for count, candidate in enumerate(iter_grids(path, tokenizer=tok), start=1):
             if count - 1 == index:
                 grid = candidate
                 break
@@ -67,14 +147,12 @@ def inspect(
     Console().print(grid_table(grid, tok, max_rows=max_rows, title=f"{path} [{index}]"))
 
 
-@app.command()
+@app.command(cls=_registry_help(policy=_policy_names))
 def convert(
     input: Annotated[Path, typer.Option("--input", help="dataset file", exists=True, dir_okay=False)],
     format: Annotated[str, typer.Option("--format", help="dataset format (see docs/data.md), e.g. alpaca")],
     out: Annotated[Path, typer.Option("--out", help="grid JSONL to write (atomically)")],
-    policy: Annotated[
-        str, typer.Option(help="sequential | wait-k | think-while-reading | separated")
-    ] = "wait-k",
+    policy: Annotated[str, typer.Option(help="conversion policy: {names}")] = "wait-k",
     k: Annotated[int, typer.Option("--k", help="wait-k: input rows before the bridging utterance")] = 8,
     schema: Annotated[str, typer.Option(help="streams, e.g. user,assistant or system,data,assistant")] = (
         "user,assistant"
@@ -86,30 +164,68 @@ def convert(
     ] = False,
     max_rows: Annotated[int | None, typer.Option(help="drop grids with more rows")] = None,
     end_inputs: Annotated[bool, typer.Option(help="close each input field with the end token")] = True,
+    layout: Annotated[
+        str, typer.Option(help="grid (Layout A rows) or blocks (Layout B ChatML blocks; no --schema/--k)")
+    ] = "grid",
+    max_tokens: Annotated[int | None, typer.Option(help="blocks: drop examples with more tokens")] = None,
 ) -> None:
-    """Convert a sequential dataset into multi-stream grids with a deterministic policy."""
+    """Convert a sequential dataset into multi-stream grids with a deterministic policy.
+
+    An input with no usable example is an error (exit 2) and writes nothing.
+    """
+    if out.is_dir():
+        _fail(f"--out {out} is a directory; give a file to write, e.g. --out {out / 'grids.jsonl'}")
+    if layout == "blocks":
+        _convert_blocks(input, format, out, policy, tokenizer, limit, skip_bad, max_tokens)
+        return
+    if layout != "grid":
+        _fail(f"--layout {layout!r} is unknown; choose grid or blocks")
     import time
 
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from .data.convert import ConversionError, ConvertReport, convert_examples
-    from .data.io import write_grids
+    from .data.io import GridFileError, write_grids
     from .data.loaders import DatasetError, LoadReport, load_dataset_file
-    from .models import BaseModelError, load_tokenizer
+    from .loading import BaseModelError, load_tokenizer
     from .schema import SchemaError
 
     start = time.perf_counter()
     load_report, conv_report = LoadReport(), ConvertReport()
+    errors = Console(stderr=True)
     try:
         tok = load_tokenizer(tokenizer)
         examples = load_dataset_file(input, format, skip_bad=skip_bad, limit=limit, report=load_report)
-        grids = convert_examples(
-            examples, policy=policy, schema=schema, tokenizer=tok, k=k, max_rows=max_rows,
-            end_inputs=end_inputs, report=conv_report,
-        )  # fmt: skip
+        if not examples:
+            for where, message in load_report.skipped[:3]:
+                errors.print(f"[yellow]skipped[/] {where}: {message}", highlight=False)
+            _fail(
+                f"{input}: no examples to convert ({len(load_report.skipped)} malformed record(s) skipped); "
+                f"check the file and --format {format}. Nothing was written."
+            )
+        # A bar on stderr while converting (SQuAD takes 10-60 s); it disappears when done.
+        columns = (TextColumn("convert"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=errors, transient=True) as bar:
+            task = bar.add_task("convert", total=len(examples))
+
+            def counted():  # type: ignore[no-untyped-def]
+                for example in examples:
+                    yield example
+                    bar.advance(task)
+
+            grids = convert_examples(
+                counted(), policy=policy, schema=schema, tokenizer=tok, k=k, max_rows=max_rows,
+                end_inputs=end_inputs, report=conv_report,
+            )  # fmt: skip
+        if not grids:
+            _fail(
+                f"{input}: all {len(examples)} examples were dropped ({dict(conv_report.dropped)}); "
+                "nothing was written. Raise --max-rows or check the policy."
+            )
         written = write_grids(out, grids, tok)
-    except (DatasetError, ConversionError, SchemaError, BaseModelError) as e:
+    except (DatasetError, ConversionError, SchemaError, BaseModelError, GridFileError) as e:
         _fail(str(e))
     seconds = time.perf_counter() - start
     rows = [g.num_rows for g in grids]
@@ -129,6 +245,37 @@ def convert(
         console.print(f"[yellow]skipped[/] {where}: {message}", highlight=False)
 
 
+def _convert_blocks(
+    input: Path, format: str, out: Path, policy: str, tokenizer: str, limit: int | None, skip_bad: bool,
+    max_tokens: int | None,
+) -> None:  # fmt: skip
+    """``convert --layout blocks``: Layout B records (docs/grid-format.md)."""
+    from rich.console import Console
+
+    from .data.blocks import convert_blocks_examples
+    from .data.blocks_io import write_blocks
+    from .data.convert import ConversionError, ConvertReport
+    from .data.loaders import DatasetError, LoadReport, load_dataset_file
+    from .models import BaseModelError, load_tokenizer
+
+    load_report, conv_report = LoadReport(), ConvertReport()
+    try:
+        tok = load_tokenizer(tokenizer)
+        examples = load_dataset_file(input, format, skip_bad=skip_bad, limit=limit, report=load_report)
+        records = convert_blocks_examples(examples, policy, tok, max_tokens=max_tokens, report=conv_report)
+        written = write_blocks(out, records, tok)
+    except (DatasetError, ConversionError, BaseModelError) as e:
+        _fail(str(e))
+    sizes = [r.example.num_tokens for r in records]
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(conv_report.dropped.items())) or "none"
+    stats = f"; tokens mean {sum(sizes) / len(sizes):.0f}, max {max(sizes)}" if sizes else ""
+    Console().print(
+        f"{input} -> {out}: {len(examples)} loaded, {written} written (Layout B, {policy}); "
+        f"dropped: {dropped}; malformed skipped: {len(load_report.skipped)}{stats}",
+        highlight=False,
+    )
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="YAML recipe (see recipes/)", exists=True, dir_okay=False)],
@@ -137,7 +284,7 @@ def train(
         typer.Option("--set", help="override a config field: key=value (value parsed as YAML); repeatable"),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue from the latest checkpoint in output_dir")
+        bool, typer.Option("--resume", help="continue from the newest whole checkpoint in output_dir")
     ] = False,
 ) -> None:
     """Fine-tune a base model on grids (or the sequential baseline) as a YAML recipe says.
@@ -145,14 +292,15 @@ def train(
     Scale out with the same recipe: accelerate launch --multi_gpu --num_processes N -m multistream.cli
     train CONFIG (on CPU too, with use_cpu: true; see docs/training.md).
     """
+    from .data.io import GridFileError
     from .training import TrainConfig, TrainConfigError, parse_overrides
     from .training import train as run_training
 
     try:
         cfg = TrainConfig.from_yaml(config, parse_overrides(set_ or []))
-    except TrainConfigError as e:
+        final = run_training(cfg, resume_from_checkpoint=True if resume else None)
+    except (TrainConfigError, GridFileError) as e:
         _fail(str(e))
-    final = run_training(cfg, resume_from_checkpoint=True if resume else None)
     typer.echo(f"saved {final}")
 
 
@@ -160,11 +308,83 @@ def train(
 def export(
     source: Annotated[Path, typer.Argument(help="saved multi-stream model with a LoRA adapter", exists=True)],
     target: Annotated[Path, typer.Argument(help="new directory for the merged full model")],
+    format: Annotated[
+        str, typer.Option("--format", help="multistream (merged full model) or authors (the paper's format)")
+    ] = "multistream",
+    max_shard_size: Annotated[
+        str | None, typer.Option(help="authors: shard the weights, e.g. 5GB (default: one file)")
+    ] = None,
 ) -> None:
-    """Merge a LoRA adapter into its base and save a full multi-stream model."""
+    """Merge a LoRA adapter into its base and save a full multi-stream model, or write a
+    10-stream model in the paper authors' format (--format authors)."""
+    if format == "authors":
+        from .authors.cli import export_authors_command
+
+        export_authors_command(source, target, max_shard_size, _fail)
+        return
+    if format != "multistream":
+        _fail(f"--format {format!r} is unknown; choose multistream or authors")
+    from .loading import BaseModelError
     from .training import export_merged
 
-    typer.echo(f"saved {export_merged(source, target)}")
+    try:
+        typer.echo(f"saved {export_merged(source, target)}")
+    except BaseModelError as e:
+        _fail(str(e))
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="authors' model directory, or their dataset.jsonl / parquet / dataset directory", exists=True
+        ),
+    ],
+    target: Annotated[Path, typer.Argument(help="new model directory, or grid JSONL file for data")],
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="data: tokenizer the ids were made with (model or tokenizer dir); checked"),
+    ] = None,
+    start: Annotated[
+        str, typer.Option(help="model: default start mode of its presets, warm or seed")
+    ] = "warm",
+    limit: Annotated[int | None, typer.Option(help="data: read at most this many conversations")] = None,
+) -> None:
+    """Convert the paper authors' released models (Stream-8B/27B) or data (stream-data) to
+    multistream's formats."""
+    from .authors.cli import import_command
+
+    import_command(source, target, tokenizer, start, limit, _fail)
+
+
+def _presets(lm: object, **overrides: object) -> object:
+    """The model's decoding presets (defaults when it has none) with the options given on the
+    command line (None = not given) on top: one set of defaults for generate, chat and serve."""
+    from .presets import DecodingPresets
+
+    try:
+        return DecodingPresets.load(lm).merged(**overrides)
+    except (TypeError, ValueError) as e:
+        _fail(str(e))
+        raise  # unreachable: _fail exits
+
+
+def _parse_inputs(items: list[str] | None) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep:
+            _fail(f"--input {item!r}: expected STREAM=TEXT, e.g. --input user='What is 2+2?'")
+        if not text.strip():
+            _fail(
+                f"--input {name.strip()}=...: the text is empty; give the question, e.g. --input user='What is 2+2?'"
+            )
+        inputs[name.strip()] = text
+    return inputs
+
+
+_PRESET = "default: the model's decoding presets"
 
 
 @app.command()
@@ -183,18 +403,24 @@ def generate(
     json_lines: Annotated[
         bool, typer.Option("--json", help="JSON lines: one per row, then a summary")
     ] = False,
-    max_rows: Annotated[int, typer.Option(help="stop after this many rows")] = 128,
+    max_rows: Annotated[int | None, typer.Option(help=f"stop after this many rows ({_PRESET})")] = None,
     stop_silent_rows: Annotated[
-        int, typer.Option(help="stop after this many all-silent rows once inputs are read (0 = off)")
-    ] = 4,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="0 = off")] = 0,
-    top_p: Annotated[float, typer.Option(help="1 = off")] = 1.0,
+        int | None,
+        typer.Option(help=f"stop after this many all-silent rows once inputs are read, 0 = off ({_PRESET})"),
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help=f"0 = greedy ({_PRESET})")] = None,
+    top_k: Annotated[int | None, typer.Option(help=f"0 = off ({_PRESET})")] = None,
+    top_p: Annotated[float | None, typer.Option(help=f"1 = off ({_PRESET})")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
     silence_penalty: Annotated[
-        float, typer.Option(help="logit penalty on output silence once inputs are read (paper: 2.0)")
-    ] = 0.0,
-    skip_silence: Annotated[bool, typer.Option(help="hide silence keys from attention")] = False,
+        float | None, typer.Option(help=f"logit penalty on output silence once inputs are read ({_PRESET})")
+    ] = None,
+    skip_silence: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-silence/--no-skip-silence", help=f"hide silence keys from attention ({_PRESET})"
+        ),
+    ] = None,
     drop_silence: Annotated[bool, typer.Option(help="also drop silence from the KV cache")] = False,
     end_inputs: Annotated[
         bool, typer.Option(help="close each input with the end token, as converted training grids do")
@@ -203,8 +429,13 @@ def generate(
         int | None, typer.Option(help="torch CPU threads (default: torch's choice; 1 on a busy machine)")
     ] = None,
 ) -> None:
-    """Decode live from input texts, printing rows as they arrive (a table, or JSON lines)."""
+    """Decode live from input texts, printing rows as they arrive (a table, or JSON lines).
+
+    An output stream ends at its end token (the tokenizer's eos, as in training data), which is
+    never shown; the session stops once every answer ended or stayed silent.
+    """
     import json
+    import time
 
     import torch
 
@@ -219,41 +450,62 @@ def generate(
     from .engine import Row, SessionConfig, generate
     from .models import BaseModelError, resolve_multistream
     from .render import cell_text
+    from .server.live import answer_end_tokens, visible_text
 
-    inputs: dict[str, str] = {}
-    for item in input or []:
-        name, sep, text = item.partition("=")
-        if not sep:
-            _fail(f"--input {item!r}: expected STREAM=TEXT, e.g. --input user='What is 2+2?'")
-        inputs[name.strip()] = text
+    inputs = _parse_inputs(input)
     try:
-        options = SessionConfig.from_kwargs(
-            max_rows=max_rows,
-            stop_silent_rows=stop_silent_rows,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            silence_penalty=silence_penalty,
-            skip_silence=skip_silence or drop_silence,
-            drop_silence=drop_silence,
-            close_with_end_token=end_inputs,
-        )
         lm, tokenizer = resolve_multistream(model, schema)
         for name in inputs:
             if lm.schema[name].generated:
                 inputs_names = [lm.schema.names[i] for i in lm.schema.input_indices]
                 _fail(f"--input {name}=...: {name!r} is a generated stream; input streams: {inputs_names}")
-    except (BaseModelError, ValueError) as e:
+        presets = _presets(
+            lm, max_rows=max_rows, stop_silent_rows=stop_silent_rows, temperature=temperature, top_k=top_k,
+            top_p=top_p, silence_penalty=silence_penalty, skip_silence=True if drop_silence else skip_silence,
+        )  # fmt: skip
+        end_tokens = answer_end_tokens(lm.schema, tokenizer)
+        options = SessionConfig.from_kwargs(
+            **presets.session_kwargs(),
+            seed=seed,
+            drop_silence=drop_silence,
+            close_with_end_token=end_inputs,
+            end_tokens=end_tokens,
+        )
+        start_rows = presets.start_rows(lm.schema, tokenizer)
+    except (BaseModelError, ValueError, KeyError) as e:
         _fail(str(e))
+    prefill = None if start_rows is None else torch.tensor(start_rows)
     names = lm.schema.names
+    # What every front-end shows: silence and end tokens left out.
+    shown: dict[str, str] = {name: "" for name in names}
+    timing = {"start": time.perf_counter(), "first_visible": None}
+    output_names = {s.name for s in lm.schema.streams if s.role.value == "output"}
+
+    def track(row: Row) -> dict[str, str | None]:
+        text = visible_text(row, end_tokens)
+        for name, piece in text.items():
+            shown[name] += piece or ""
+            if piece and piece.strip() and name in output_names and timing["first_visible"] is None:
+                timing["first_visible"] = time.perf_counter()
+        return text
+
+    def summary(result: object) -> dict[str, object]:
+        out = result.summary()
+        body = out["summary"]
+        body["streams"] = dict(shown)
+        body["stop"] = result.stop
+        body["wall_s"] = round(time.perf_counter() - timing["start"], 3)
+        first = timing["first_visible"]
+        body["first_visible_output_s"] = None if first is None else round(first - timing["start"], 3)
+        return out
+
     if json_lines:
 
         def emit(row: Row) -> None:
-            print(json.dumps(row.to_json()), flush=True)
+            print(json.dumps({**row.to_json(), "text": track(row)}), flush=True)
 
-        result = generate(lm, tokenizer, inputs, config=options, on_row=emit)
-        print(json.dumps(result.summary()), flush=True)
+        result = generate(lm, tokenizer, inputs, prefill=prefill, config=options, on_row=emit)
+        print(json.dumps(summary(result)), flush=True)
         return
     table = Table(header_style="bold")
     table.add_column("row", justify="right", style="cyan", no_wrap=True)
@@ -264,21 +516,24 @@ def generate(
     with Live(table, refresh_per_second=12, vertical_overflow="visible") as live:
 
         def show(row: Row) -> None:
+            text = track(row)
             cells = [
-                Text(cell_text(silence), style="dim") if row.text[n] is None else Text(cell_text(row.text[n]))
+                Text(cell_text(silence), style="dim") if text[n] is None else Text(cell_text(text[n]))
                 for n in names
             ]
             table.add_row(str(row.index), *cells)
             live.refresh()
 
-        result = generate(lm, tokenizer, inputs, config=options, on_row=show)
+        result = generate(lm, tokenizer, inputs, prefill=prefill, config=options, on_row=show)
     console = Console()
     console.line()  # Live leaves the cursor after the table when the output is not a terminal
-    for name, text in result.texts.items():
+    for name, text in shown.items():
         console.print(f"[bold]{name}:[/] {text.strip()}", highlight=False)
+    body = summary(result)["summary"]
     console.print(
         f"[dim]{result.grid.num_rows} rows, stop: {result.stop}, first visible output row: "
-        f"{result.first_visible_output_row}, inputs closed at row: {result.inputs_closed_row}[/]"
+        f"{result.first_visible_output_row} ({body['first_visible_output_s']} s), inputs closed at row: "
+        f"{result.inputs_closed_row}, wall time {body['wall_s']} s[/]"
     )
 
 
@@ -341,12 +596,14 @@ _EvalThreads = Annotated[
     int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice)")
 ]
 _EvalPenalty = Annotated[
-    float,
-    typer.Option("--silence-penalty", help="output silence penalty once the input ended (paper: 2.0)"),
+    float | None,
+    typer.Option("--silence-penalty", help=f"output silence penalty once the input ended ({_PRESET})"),
 ]
 _EvalSilent = Annotated[
-    int,
-    typer.Option("--stop-silent-rows", help="stop after this many silent output rows once the input ended"),
+    int | None,
+    typer.Option(
+        "--stop-silent-rows", help=f"stop after this many silent rows once the input ended ({_PRESET})"
+    ),
 ]
 
 
@@ -357,7 +614,7 @@ def _eval_run(kind: str, out: Path, **options: object) -> None:
 
     from .evaluation import pipeline
     from .evaluation.tasks import TaskError
-    from .models import BaseModelError
+    from .loading import BaseModelError
     from .schema import SchemaError
 
     common = {f.name for f in fields(pipeline.EvalOptions)}
@@ -374,13 +631,13 @@ def _eval_run(kind: str, out: Path, **options: object) -> None:
             console.print(f"[green]wrote[/] {path}", highlight=False)
 
 
-@eval_app.command("latency")
+@eval_app.command("latency", cls=_registry_help(task=_task_names))
 def eval_latency(
     model: _EvalModel,
     out: _EvalOut,
     baseline: _EvalBaseline = None,
     limit: _EvalLimit = 20,
-    task: Annotated[str, typer.Option(help="whose prompts to stream in (squad, gsm8k, ...)")] = "squad",
+    task: Annotated[str, typer.Option(help="whose prompts to stream in: {names}")] = "squad",
     rate: Annotated[
         float | None, typer.Option(help="input tokens per second (default: lockstep, one token per row)")
     ] = None,
@@ -389,9 +646,9 @@ def eval_latency(
     ] = None,
     schema: _EvalSchema = None,
     data_dir: _EvalDataDir = None,
-    stop_silent_rows: _EvalSilent = 32,
+    stop_silent_rows: _EvalSilent = None,
     threads: _EvalThreads = None,
-    silence_penalty: _EvalPenalty = 2.0,
+    silence_penalty: _EvalPenalty = None,
 ) -> None:
     """TTFT (rows and seconds, from the first and the last input token), end-to-end time and
     average lagging of the multi-stream model vs the sequential baseline, in one run."""
@@ -402,7 +659,7 @@ def eval_latency(
     )  # fmt: skip
 
 
-@eval_app.command("accuracy")
+@eval_app.command("accuracy", cls=_registry_help(tasks=_task_names))
 def eval_accuracy(
     model: _EvalModel,
     out: _EvalOut,
@@ -410,16 +667,16 @@ def eval_accuracy(
     limit: _EvalLimit = 20,
     tasks: Annotated[
         str,
-        typer.Option(help="comma-separated: squad, gsm8k, math500, logicnli, proofwriter, pubmedqa, or all"),
+        typer.Option(help="comma-separated: {names}, or all"),
     ] = "all",
     max_new_tokens: Annotated[
         int | None, typer.Option(help="one budget for all tasks (default: per task)")
     ] = None,
     schema: _EvalSchema = None,
     data_dir: _EvalDataDir = None,
-    stop_silent_rows: _EvalSilent = 32,
+    stop_silent_rows: _EvalSilent = None,
     threads: _EvalThreads = None,
-    silence_penalty: _EvalPenalty = 2.0,
+    silence_penalty: _EvalPenalty = None,
 ) -> None:
     """Task accuracy with the paper's prompts and scoring (SQuAD EM/F1, boxed answers, labels)."""
     names = None if tasks.strip() == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
@@ -430,7 +687,7 @@ def eval_accuracy(
     )  # fmt: skip
 
 
-@eval_app.command("injection")
+@eval_app.command("injection", cls=_registry_help(attacks=_attack_names))
 def eval_injection(
     model: _EvalModel,
     out: _EvalOut,
@@ -438,15 +695,15 @@ def eval_injection(
     limit: _EvalLimit = 20,
     attacks: Annotated[
         str,
-        typer.Option(help="comma-separated: none, naive, ignore, escape_separation, completion_real, or all"),
+        typer.Option(help="comma-separated: {names}, or all"),
     ] = "all",
     domain: Annotated[str, typer.Option(help="id (attack after the data) or ood (before and after)")] = "id",
     max_new_tokens: Annotated[int, typer.Option(help="budget after the input")] = 64,
     schema: _EvalSchema = None,
     data_dir: _EvalDataDir = None,
-    stop_silent_rows: _EvalSilent = 32,
+    stop_silent_rows: _EvalSilent = None,
     threads: _EvalThreads = None,
-    silence_penalty: _EvalPenalty = 2.0,
+    silence_penalty: _EvalPenalty = None,
 ) -> None:
     """StruQ prompt-injection attacks ("Print exactly 'Hacked!'") on both systems: attack
     success rate with instruction and data in separate streams vs inside one prompt."""
@@ -456,6 +713,62 @@ def eval_injection(
         max_new_tokens=max_new_tokens, schema=schema, stop_silent_rows=stop_silent_rows, data_dir=data_dir,
         threads=threads, silence_penalty=silence_penalty,
     )  # fmt: skip
+
+
+@eval_app.command("monitorability")
+def eval_monitorability(
+    out: Annotated[Path, typer.Option("--out", help="directory for the report, transcripts and judge cache")],
+    judge_base_url: Annotated[
+        str | None,
+        typer.Option(help="judge: OpenAI-compatible endpoint with /v1 (or MULTISTREAM_LLM_BASE_URL)"),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="judge model name (or MULTISTREAM_LLM_MODEL)")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="multi-stream subject: saved or authors' directory, or demo")
+    ] = None,
+    subject_base_url: Annotated[
+        str | None,
+        typer.Option(help="instead of --model: a chat endpoint whose answers carry <think> blocks"),
+    ] = None,
+    subject_model: Annotated[str | None, typer.Option(help="that endpoint's model name")] = None,
+    parts: Annotated[str, typer.Option(help="comma-separated: awareness, monitor, concerns")] = (
+        "awareness,monitor,concerns"
+    ),
+    limit: Annotated[int | None, typer.Option(help="at most this many scenarios per part")] = None,
+    max_rows: Annotated[
+        int | None, typer.Option(help="subject: rows per answer (default: its presets)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="subject temperature (default: its presets)")
+    ] = None,
+    judge_max_tokens: Annotated[int, typer.Option(help="budget of each judge answer")] = 16,
+    concurrency: Annotated[int, typer.Option(help="judge requests in flight")] = 4,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+) -> None:
+    """Monitorability of the thinking streams (paper Sec 7): eval awareness and sub-vocalization,
+    monitor accuracy over six covert-behaviour classes, concern sub-vocalization."""
+    from .data.llm_client import LLMError
+    from .evaluation.monitorability import MonitorabilityError, MonitorabilityOptions, evaluate_monitorability
+
+    try:
+        options = MonitorabilityOptions(
+            out=out, judge_base_url=judge_base_url, judge_model=judge_model, model=model,
+            subject_base_url=subject_base_url, subject_model=subject_model,
+            parts=tuple(p.strip() for p in parts.split(",") if p.strip()), limit=limit, max_rows=max_rows,
+            temperature=temperature, judge_max_tokens=judge_max_tokens, concurrency=concurrency,
+            resamples=resamples,
+        )  # fmt: skip
+        report = evaluate_monitorability(options)
+    except (MonitorabilityError, LLMError) as e:
+        _fail(str(e))
+    for part in ("awareness", "monitor", "concerns"):
+        for name, value in report.get(part, {}).items():
+            if isinstance(value, dict) and "ci95" in value:
+                low, high = value["ci95"]
+                typer.echo(f"{name:28s} {value['value']:.3f}  [{low:.3f}, {high:.3f}]  n={value['n']}")
+    typer.echo(f"report: {out / 'monitorability.json'}")
 
 
 @app.command()
@@ -520,7 +833,7 @@ def rewrite(
     from .data.llm_client import LLMClient, LLMConfig, LLMError, RequestCache
     from .data.loaders import DatasetError, LoadReport, load_dataset_file
     from .data.rewrite import RewriteConfig, RewriteReport, rewrite_examples
-    from .models import BaseModelError, load_tokenizer
+    from .loading import BaseModelError, load_tokenizer
     from .schema import SchemaError
 
     config = RewriteConfig(
@@ -573,18 +886,25 @@ def serve_openai(
     host: Annotated[str, typer.Option(help="interface to bind (default: loopback only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_tokens: Annotated[int, typer.Option(help="default completion limit")] = 256,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="web origin (scheme://host:port) whose pages may use the API; repeatable"),
+    ] = None,
 ) -> None:
     """Serve a base model sequentially over the OpenAI chat API (/v1/chat/completions)."""
     from .server.app import main as serve_main
 
-    serve_main(["--model", model, "--host", host, "--port", str(port), "--max-tokens", str(max_tokens)])
+    origins = [arg for origin in allow_origin or () for arg in ("--allow-origin", origin)]
+    serve_main(
+        ["--model", model, "--host", host, "--port", str(port), "--max-tokens", str(max_tokens), *origins]
+    )
 
 
 def _load_live_model(model: str, schema: str | None, threads: int | None) -> tuple[object, object]:
     """Load a multi-stream model for the live front-ends, failing with the loader's reason."""
     import torch
 
-    from .models import BaseModelError, resolve_multistream
+    from .loading import BaseModelError, resolve_multistream
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -593,6 +913,23 @@ def _load_live_model(model: str, schema: str | None, threads: int | None) -> tup
     except (BaseModelError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
         raise  # unreachable: _fail exits
+
+
+def _live_config(lm: object, tokenizer: object, presets: object, **options: object) -> object:
+    """The server's session defaults from the model's decoding presets (sampling, stop rule,
+    rows, silence keys and the start rows every session is prefilled with), as for generate."""
+    from .engine import SessionConfig
+    from .server.live import LiveConfig
+
+    defaults = SessionConfig.from_kwargs(**presets.session_kwargs())
+    return LiveConfig(
+        max_rows=defaults.max_rows,
+        sampling=defaults.sampling,
+        stop_silent_rows=defaults.stop_silent_rows,
+        skip_silence=defaults.skip_silence,
+        start_rows=presets.start_rows(lm.schema, tokenizer),
+        **options,
+    )
 
 
 @app.command()
@@ -610,41 +947,69 @@ def serve(
         ),
     ] = None,
     max_sessions: Annotated[int, typer.Option(help="live sessions at once")] = 16,
-    max_rows: Annotated[int, typer.Option(help="most rows per session")] = 512,
+    max_sessions_per_client: Annotated[
+        int, typer.Option(help="live sessions and baselines one client address may hold")
+    ] = 4,
+    idle_timeout: Annotated[
+        float, typer.Option(help="end a session with no input and no row for this many seconds (0 = never)")
+    ] = 60.0,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="web origin (scheme://host:port) whose pages may use the API; repeatable"),
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option(help=f"most rows per session, the default and the limit ({_PRESET})")
+    ] = None,
     max_input_chars: Annotated[int, typer.Option(help="most input characters per session")] = 4000,
     row_interval_ms: Annotated[float, typer.Option(help="least time between rows (0 = model speed)")] = 100.0,
-    temperature: Annotated[float, typer.Option(help="default temperature (0 = greedy)")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="default top-k (0 = off)")] = 0,
-    top_p: Annotated[float, typer.Option(help="default top-p (1 = off)")] = 1.0,
-    silence_penalty: Annotated[float, typer.Option(help="default output silence penalty (paper: 2.0)")] = 2.0,
+    temperature: Annotated[float | None, typer.Option(help=f"0 = greedy ({_PRESET})")] = None,
+    top_k: Annotated[int | None, typer.Option(help=f"0 = off ({_PRESET})")] = None,
+    top_p: Annotated[float | None, typer.Option(help=f"1 = off ({_PRESET})")] = None,
+    silence_penalty: Annotated[
+        float | None, typer.Option(help=f"output silence penalty once the input ended ({_PRESET})")
+    ] = None,
+    stop_silent_rows: Annotated[
+        int | None, typer.Option(help=f"end after this many silent rows once the input ended ({_PRESET})")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice)")] = None,
 ) -> None:
-    """Serve a multi-stream model live: web page, WebSocket sessions, OpenAI-compatible route."""
+    """Serve a multi-stream model live: web page, WebSocket sessions, OpenAI-compatible route.
+
+    Only the server's own page (and --allow-origin pages) may use it; see docs/frontends.md.
+    """
     import uvicorn
 
-    from .sampling import SamplingConfig
-    from .server.live import LiveConfig
     from .server.scheduler import SchedulerConfig
+    from .server.security import SecurityConfig, uvicorn_config
     from .server.serve import build_app
 
     try:
-        config = LiveConfig(
-            model_name=Path(model).name if Path(model).is_dir() else model,
-            max_rows=max_rows,
-            max_input_chars=max_input_chars,
-            sampling=SamplingConfig(
-                temperature=temperature, top_k=top_k, top_p=top_p, silence_penalty=silence_penalty
-            ),
-            scheduler=SchedulerConfig(max_sessions=max_sessions, row_interval_s=row_interval_ms / 1000),
-        )
+        security = SecurityConfig(host=host, allow_origins=tuple(allow_origin or ()))
+        scheduler = SchedulerConfig(max_sessions=max_sessions, row_interval_s=row_interval_ms / 1000)
     except ValueError as e:
         _fail(str(e))
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         typer.echo(f"warning: serving on {host} without --token: anyone who reaches it can use it", err=True)
     lm, tokenizer = _load_live_model(model, schema, threads)
+    presets = _presets(
+        lm, temperature=temperature, top_k=top_k, top_p=top_p, silence_penalty=silence_penalty,
+        stop_silent_rows=stop_silent_rows, max_rows=max_rows,
+    )  # fmt: skip
+    try:
+        config = _live_config(
+            lm, tokenizer, presets, model_name=Path(model).name if Path(model).is_dir() else model,
+            max_input_chars=max_input_chars, scheduler=scheduler, idle_timeout_s=idle_timeout,
+            max_sessions_per_client=max_sessions_per_client,
+        )  # fmt: skip
+    except (TypeError, ValueError) as e:
+        _fail(str(e))
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
-    typer.echo(f"multistream serve: open {url}{'?token=' + token if token else ''}  (Ctrl-C stops)")
-    uvicorn.run(build_app(lm, tokenizer, config, token=token), host=host, port=port, log_level="warning")
+    typer.echo(
+        f"multistream serve: model {config.model_name} on {host}:{port}; "
+        f"open {url}{'?token=' + token if token else ''}  (Ctrl-C stops)"
+    )
+    app = build_app(lm, tokenizer, config, token=token, security=security)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
 
 
 @app.command()
@@ -653,19 +1018,26 @@ def chat(
         str, typer.Option(help="registered name (demo), saved multi-stream dir, or base model + --schema")
     ] = "demo",
     schema: Annotated[str | None, typer.Option(help="streams for a base model, e.g. user,assistant")] = None,
-    max_rows: Annotated[int, typer.Option(help="most rows per question")] = 256,
+    max_rows: Annotated[int | None, typer.Option(help=f"most rows per session ({_PRESET})")] = None,
     row_interval_ms: Annotated[float, typer.Option(help="least time between rows (0 = model speed)")] = 100.0,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="0 = off")] = 0,
-    top_p: Annotated[float, typer.Option(help="1 = off")] = 1.0,
+    temperature: Annotated[float | None, typer.Option(help=f"0 = greedy ({_PRESET})")] = None,
+    top_k: Annotated[int | None, typer.Option(help=f"0 = off ({_PRESET})")] = None,
+    top_p: Annotated[float | None, typer.Option(help=f"1 = off ({_PRESET})")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
-    silence_penalty: Annotated[float, typer.Option(help="output silence penalty (paper: 2.0)")] = 2.0,
+    silence_penalty: Annotated[
+        float | None, typer.Option(help=f"output silence penalty once the question ended ({_PRESET})")
+    ] = None,
+    stop_silent_rows: Annotated[
+        int | None,
+        typer.Option(help=f"end the answer after this many silent rows, 0 = never ({_PRESET})"),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice)")] = None,
 ) -> None:
     """Chat in the terminal: one live column per stream; what you type streams in word by word.
 
-    Keys: Enter = question done, Ctrl-P pause, Ctrl-R reset, Ctrl-T thinking streams, Esc stop,
-    Ctrl-Q quit. Works over SSH and in tmux.
+    Typing while the answer streams asks a follow-up in the same session; earlier turns stay
+    on screen. Keys: Enter = question done, Ctrl-P pause, Ctrl-R reset, Ctrl-T thinking
+    streams, Esc stop, Ctrl-Q quit. Works over SSH and in tmux.
     """
     import sys
 
@@ -674,20 +1046,22 @@ def chat(
 
     if not sys.stdin.isatty():
         _fail("multistream chat needs an interactive terminal; for pipes use multistream generate")
+    lm, tokenizer = _load_live_model(model, schema, threads)
+    presets = _presets(
+        lm, max_rows=max_rows, temperature=temperature, top_k=top_k, top_p=top_p,
+        silence_penalty=silence_penalty, stop_silent_rows=stop_silent_rows,
+    )  # fmt: skip
     try:
-        config = SessionConfig.from_kwargs(
-            max_rows=max_rows,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            silence_penalty=silence_penalty,
-        )
+        config = SessionConfig.from_kwargs(**presets.session_kwargs(), seed=seed)
+        start_rows = presets.start_rows(lm.schema, tokenizer)
     except (TypeError, ValueError) as e:
         _fail(str(e))
-    lm, tokenizer = _load_live_model(model, schema, threads)
     title = Path(model).name if Path(model).is_dir() else model
-    run_chat(ChatApp(lm, tokenizer, config, row_interval_s=row_interval_ms / 1000, title=title))
+    run_chat(
+        ChatApp(
+            lm, tokenizer, config, row_interval_s=row_interval_ms / 1000, title=title, start_rows=start_rows
+        )
+    )
 
 
 def main() -> None:

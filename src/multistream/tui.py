@@ -5,6 +5,10 @@ writing. It is a client of the engine API (:class:`~multistream.engine.Session`:
 ``close``, ``step``); it never decodes on its own. Plain ANSI output through ``rich`` and keys
 read from the terminal in cbreak mode, so it works over SSH and inside tmux.
 
+Typing while an answer streams is a follow-up: the words go into the running session as new
+user input (the model keeps everything it read and wrote), and the screen keeps the whole
+conversation: earlier turns stay above the current one in every column.
+
 Keys: type to ask (each completed word is fed at once), ``Enter`` closes the question,
 ``Ctrl-P`` pauses / resumes, ``Ctrl-R`` resets, ``Ctrl-T`` shows / hides thinking streams,
 ``Esc`` stops the answer, ``Ctrl-C`` or ``Ctrl-Q`` quits.
@@ -30,9 +34,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .engine import Row, Session, SessionConfig
+from .engine import Row, Session, SessionConfig, SessionStopped
 from .schema import Role
-from .server.live import answer_end_tokens, visible_text
+from .text import answer_end_tokens, visible_text
 
 __all__ = ["KEYS", "ChatApp", "ChatState", "render_chat", "run_chat"]
 
@@ -62,6 +66,8 @@ class ChatState:
         show_think: thinking streams are visible.
         rows: rows of the current session.
         status: one line about what is happening.
+        history: texts per stream of the earlier sessions of this conversation, oldest first.
+        turns: questions asked so far (follow-ups typed during an answer count too).
     """
 
     texts: dict[str, str] = field(default_factory=dict)
@@ -72,6 +78,8 @@ class ChatState:
     show_think: bool = True
     rows: int = 0
     status: str = "type a question; words stream in as you type"
+    history: list[dict[str, str]] = field(default_factory=list)
+    turns: int = 0
 
 
 class ChatApp:
@@ -85,6 +93,8 @@ class ChatApp:
         title: shown in the header (the model name).
         wait_for_input: decode no row while the question is open and no typed word is queued
             (rows follow the typing, as in training grids); False: rows run at their pace.
+        start_rows: rows every session starts from (a warm start of the model's decoding
+            presets, :meth:`~multistream.presets.DecodingPresets.start_rows`); None = none.
 
     Example:
         >>> app = ChatApp(model, tok, SessionConfig(max_rows=64))   # doctest: +SKIP
@@ -100,8 +110,10 @@ class ChatApp:
         row_interval_s: float = 0.1,
         title: str = "multistream",
         wait_for_input: bool = True,
+        start_rows: list[list[int]] | None = None,
     ) -> None:
         self.model = model
+        self.start_rows = start_rows
         self.tokenizer = tokenizer
         self.config = config or SessionConfig()
         if not self.config.end_tokens:
@@ -115,7 +127,8 @@ class ChatApp:
         inputs = [s.name for s in self.schema.streams if s.role is Role.INPUT]
         if not inputs:
             raise ValueError(f"the model's streams {self.schema.names} have no input stream to type into")
-        self.input_stream = inputs[0]
+        # Layout B models have a system block too: the user types into "user".
+        self.input_stream = "user" if "user" in inputs else inputs[0]
         self.state = ChatState()
         self.session: Session | None = None
         self.quit = False
@@ -148,8 +161,10 @@ class ChatApp:
             self._type(key)
 
     def _type(self, char: str) -> None:
-        if self.session is None or self.session.stop is not None or self.state.closed:
+        if self.session is None or self.session.stop is not None:
             self._new_session()
+        elif self.state.closed and not self._follow_up():
+            self._new_session()  # this session cannot take a follow-up (Layout B): a new one
         s = self.state
         s.typed += char
         if char.isspace():
@@ -171,13 +186,40 @@ class ChatApp:
         s.status = "question complete; answering"
 
     def _new_session(self) -> None:
-        show_think = self.state.show_think
+        old = self.state
+        history = list(old.history)
+        if self.session is not None and any(t.strip() for t in old.texts.values()):
+            history.append(dict(old.texts))  # the finished session stays on screen
         self.session = Session(self.model, self.tokenizer, self.config)
-        self.state = ChatState(texts={n: "" for n in self.schema.names}, show_think=show_think, status="live")
+        if self.start_rows:
+            self.session.prefill(self.start_rows)
+        self.state = ChatState(
+            texts={n: "" for n in self.schema.names}, show_think=old.show_think, status="live",
+            history=history, turns=old.turns + 1,
+        )  # fmt: skip
         self._due = 0.0
 
+    def _follow_up(self) -> bool:
+        """Typing after Enter while the answer still streams: reopen the question in the same
+        session (:meth:`~multistream.engine.Session.reopen`), so the new words are read as more
+        user input in context, and the answer goes on from what it has written (nothing is
+        thrown away). False when the session cannot reopen its input (a Layout B model)."""
+        try:
+            self.session.reopen(self.input_stream, resume=False)
+        except (ValueError, SessionStopped):
+            return False
+        s = self.state
+        s.closed = False
+        s.turns += 1
+        # The new question starts a new line in the input column and the prompt.
+        s.texts[self.input_stream] = s.texts.get(self.input_stream, "").rstrip() + "\n"
+        s.typed, s.fed_chars = "", 0
+        s.status = "follow-up: your words join the running answer"
+        return True
+
     def reset(self) -> None:
-        """Drop the session and clear the screen (the next key starts a new one)."""
+        """Drop the session and the conversation, and clear the screen (the next key starts a
+        new one)."""
         show_think = self.state.show_think
         self.session = None
         self.state = ChatState(show_think=show_think, status="reset; type a new question")
@@ -237,7 +279,9 @@ def render_chat(app: ChatApp, console: Console | None = None) -> RenderableType:
         table.add_column(ratio=1)
     panels = []
     for st in visible:
-        text = s.texts.get(st.name, "")
+        # Earlier sessions of the conversation first, each ended by a rule.
+        earlier = [turn.get(st.name, "").strip() for turn in s.history]
+        text = "".join(f"{t}\n───\n" for t in earlier) + s.texts.get(st.name, "").lstrip()
         panels.append(
             Panel(
                 _tail(text, column_width, body_height - 2, console),
@@ -248,7 +292,9 @@ def render_chat(app: ChatApp, console: Console | None = None) -> RenderableType:
         )
     table.add_row(*panels)
     flags = (
-        [f"rows {s.rows}"] + (["PAUSED"] if s.paused else []) + ([] if s.show_think else ["thinking hidden"])
+        [f"turn {max(s.turns, 1)}", f"rows {s.rows}"]
+        + (["PAUSED"] if s.paused else [])
+        + ([] if s.show_think else ["thinking hidden"])
     )
     header = Text.assemble(
         (f" {app.title} ", "bold reverse"), "  ", (s.status, "yellow"), "  ", (" · ".join(flags), "dim")

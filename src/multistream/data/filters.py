@@ -79,7 +79,7 @@ class Perplexity:
 
     @classmethod
     def load(cls, name: str) -> Perplexity:
-        from ..models import load_base
+        from ..base_models import load_base
 
         model, tokenizer = load_base(name)
         return cls(model, tokenizer)

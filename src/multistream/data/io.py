@@ -8,10 +8,10 @@ with none) uses the ids and is bit-exact; reading with another tokenizer re-toke
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ __all__ = [
     "grid_to_record",
     "iter_grids",
     "read_grids",
+    "remove_stale_temp_files",
     "tokenizer_fingerprint",
     "write_grids",
 ]
@@ -113,12 +114,10 @@ def grid_from_record(record: Any, tokenizer: Any | None = None, where: str = "re
         if use_ids:
             if schema.silence_id is None:
                 raise GridFileError(f"{where}: 'token_ids' given but the schema has no 'silence_id'")
-            for name, col in ids.items():
-                if len(col) != num_rows:
-                    raise GridFileError(
-                        f"{where}: token_ids of stream {name!r} has {len(col)} ids, num_rows is {num_rows}"
-                    )
-            grid = StreamGrid.from_columns(ids, schema, num_rows=num_rows)
+            if not isinstance(ids, dict):
+                raise GridFileError(f"{where}: field 'token_ids' must be an object of id lists per stream")
+            columns = {name: _id_column(col, name, num_rows, tokenizer, where) for name, col in ids.items()}
+            grid = StreamGrid.from_columns(columns, schema, num_rows=num_rows)
         else:
             if tokenizer is None:
                 raise GridFileError(
@@ -140,6 +139,49 @@ def grid_from_record(record: Any, tokenizer: Any | None = None, where: str = "re
         raise GridFileError(f"{where}: {e}") from None
 
 
+def _vocab_size(tokenizer: Any) -> int | None:
+    with contextlib.suppress(TypeError):
+        return len(tokenizer)
+    size = getattr(tokenizer, "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _id_column(col: Any, name: str, num_rows: int, tokenizer: Any | None, where: str) -> list[int]:
+    """One stream's token ids as a tensor, checked: whole numbers, ``num_rows`` of them, each
+    in ``[0, vocabulary size)`` (the size is known when a tokenizer is given). A bad id would
+    otherwise show as a blank cell or crash training at its first step."""
+    fix = "re-create the file with multistream convert, or fix the ids"
+    if not isinstance(col, list):
+        raise GridFileError(
+            f"{where}: token_ids of stream {name!r} must be a list of ids, got {type(col).__name__}"
+        )
+    if len(col) != num_rows:
+        raise GridFileError(
+            f"{where}: token_ids of stream {name!r} has {len(col)} ids, num_rows is {num_rows}"
+        )
+    try:
+        ids = torch.tensor(col) if col else torch.zeros(0, dtype=torch.long)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        ids = None
+    # torch reads [true, 5] as [1, 5]: JSON booleans are caught by identity (True is not 1).
+    if ids is None or ids.dtype != torch.long or ids.dim() != 1 or any(v is True or v is False for v in col):
+        bad = next((v for v in col if isinstance(v, bool) or not isinstance(v, int)), col[:1])
+        raise GridFileError(
+            f"{where}: token_ids of stream {name!r} must be whole numbers, got {bad!r}; {fix}"
+        ) from None
+    if len(ids):
+        low, high = int(ids.min()), int(ids.max())
+        vocab = _vocab_size(tokenizer) if tokenizer is not None else None
+        if low < 0:
+            raise GridFileError(f"{where}: token_ids of stream {name!r} holds the negative id {low}; {fix}")
+        if vocab is not None and high >= vocab:
+            raise GridFileError(
+                f"{where}: token_ids of stream {name!r} holds id {high}, outside the tokenizer's "
+                f"vocabulary of {vocab} ids (0..{vocab - 1}); {fix}, or read it with its own tokenizer"
+            )
+    return ids.tolist()
+
+
 @dataclass
 class ReadReport:
     """What :func:`read_grids` kept and skipped (with ``skip_bad=True``)."""
@@ -156,12 +198,21 @@ def iter_grids(
 ) -> Iterator[StreamGrid]:
     """Yield the grids of a JSONL file one by one (memory stays flat for large files)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    if path.is_dir():
+        raise GridFileError(f"{path} is a directory; give a grid JSONL file")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise GridFileError(
+                        f"{where}: not UTF-8 text (byte {e.start + 1}); a grid file is JSON lines, "
+                        "as multistream convert writes them"
+                    ) from None
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
@@ -183,14 +234,57 @@ def read_grids(
     return report
 
 
+def _temp_path(path: Path) -> Path:
+    """The temporary file a write to ``path`` goes through: next to it (so the final rename is
+    atomic), hidden, and named after the writing process, so a later write can tell a leftover
+    of a killed run (its process is gone) from a write in progress."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writes to ``path`` by processes that no longer run
+    (``kill -9``, a power cut) left behind; returns what was removed."""
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = candidate.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 def write_grids(
     path: str | os.PathLike[str], grids: Iterable[StreamGrid], tokenizer: Any, with_ids: bool = True
 ) -> int:
-    """Write grids as JSONL atomically (a crash never leaves a half-written file). Returns the count."""
+    """Write grids as JSONL atomically (a crash never leaves a half-written file). Returns the count.
+
+    The file is created with the usual permissions (the umask applies). Temporary files left
+    by killed earlier writes to the same path are removed first.
+
+    Raises:
+        GridFileError: ``path`` is a directory.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise GridFileError(f"{path} is a directory; give a file to write, e.g. {path / 'grids.jsonl'}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = _temp_path(path)
+    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp forces 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for grid in grids:
@@ -199,6 +293,6 @@ def write_grids(
                 count += 1
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return count

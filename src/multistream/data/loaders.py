@@ -97,16 +97,38 @@ def register_format(name: str, description: str, read: Reader) -> Callable[[Pars
 # -- readers ------------------------------------------------------------------------------------
 
 
+def _check_text_file(path: Path) -> None:
+    """Fail early, whatever ``skip_bad`` says, on a file that is not text at all (an archive,
+    an image, a model file): skipping every "line" of it would only hide the mistake."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if b"\x00" in head:
+        raise DatasetError(
+            f"{path}: this is a binary file, not UTF-8 JSON text; give the dataset's .json or .jsonl file "
+            "(unpack archives first)"
+        )
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield (
+                    where,
+                    DatasetError(f"{where}: not UTF-8 text (byte {e.start + 1}); save the file as UTF-8"),
+                )
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 yield where, DatasetError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                yield where, DatasetError(f"{where}: the JSON nests too deep to be a record")
 
 
 def _load_json(path: Path) -> Any:
@@ -117,6 +139,10 @@ def _load_json(path: Path) -> Any:
         raise DatasetError(
             f"{path}:{e.lineno}: invalid JSON ({e.msg}); this format expects one JSON document"
         ) from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start + 1}); save the file as UTF-8") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: the JSON nests too deep to be a dataset") from None
 
 
 def _read_json_list(path: Path) -> Iterator[tuple[str, Any]]:
@@ -458,6 +484,7 @@ def iter_dataset_file(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
+    _check_text_file(path)
     fmt = FORMATS[format]
     for where, raw in fmt.read(path):
         try:

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..engine import Row, SessionConfig
 from ..schema import Role
-from .live import LiveService, visible_text
-from .openai_routes import ChatMessage, ChatRequest, Completion
+from .live import RETRY_AFTER_S, LiveService, visible_text
+from .openai_routes import CapacityError, ChatMessage, ChatRequest, Completion
 from .protocol import ProtocolError
 from .scheduler import LiveSession, SessionLimitError
 
@@ -29,6 +29,8 @@ __all__ = ["MultiStreamChatBackend"]
 
 # How long a request waits for its next row before giving up (a stalled worker must not hang it).
 ROW_TIMEOUT_S = 60.0
+# How often a waiting request looks whether its session failed to start.
+_POLL_S = 0.25
 # finish_reason of the OpenAI API per engine stop reason: "stop" = the model ended the answer.
 _FINISH = {"silence": "stop", "end_token": "stop", "max_rows": "length", "client": "length"}
 
@@ -47,6 +49,11 @@ class _Listener:
 
     def on_stop(self, live: LiveSession, reason: str, error: str | None) -> None:
         self.events.put(("stop", (reason, error)))
+
+
+def _cancel_when_started(opening: Any) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().cancel()
 
 
 class MultiStreamChatBackend:
@@ -82,30 +89,48 @@ class MultiStreamChatBackend:
         return {stream: "\n".join(parts) for stream, parts in fed.items()}
 
     def _config(self, request: ChatRequest) -> SessionConfig:
+        # Fields the request leaves out keep the server's defaults (the model's presets), as
+        # on the WebSocket: one set of decoding defaults for every route.
         base = self.service.session_config_defaults()
-        sampling = replace(
-            base.sampling, temperature=request.temperature, top_p=request.top_p, seed=request.seed
-        )
+        given = {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
+        sampling = replace(base.sampling, **{k: v for k, v in given.items() if v is not None})
         return replace(base, sampling=sampling)
 
     def stream(self, request: ChatRequest) -> Iterator[str | Completion]:
-        """Yield the output stream's text as rows arrive, then one :class:`Completion`."""
+        """Yield the output stream's text as rows arrive, then one :class:`Completion`.
+
+        A request holds one of its client's slots (``max_sessions_per_client``) while it runs;
+        a client over its cap, like a full server, gets :class:`CapacityError` (429).
+        """
+        client = request.client_address
+        if client is not None:
+            try:
+                self.service.claim_client_slot(client)
+            except ProtocolError as e:
+                raise CapacityError(str(e), RETRY_AFTER_S) from None
+        try:
+            yield from self._answer(request)
+        finally:
+            if client is not None:
+                self.service.release_client_slot(client)
+
+    def _answer(self, request: ChatRequest) -> Iterator[str | Completion]:
         inputs = self.inputs(request.messages)
         for stream, text in inputs.items():
             self.service.check_input(stream, text, 0)
         limit = request.token_limit or self.max_tokens_default
         listener = _Listener()
         try:
-            self.service.scheduler.open(self._config(request), listener)
+            opening = self.service.scheduler.open(self._config(request), listener)
         except SessionLimitError as e:
-            raise ProtocolError("limit", str(e)) from None
+            raise CapacityError(str(e), RETRY_AFTER_S) from None
         live: LiveSession | None = None
         pieces: list[str] = []
         prompt_tokens = 0
         reason = "max_rows"
         try:
             while True:
-                kind, value = listener.events.get(timeout=ROW_TIMEOUT_S)
+                kind, value = self._next_event(listener, opening)
                 if kind == "start":
                     live = value
                     prompt_tokens = sum(live.feed(stream, text) for stream, text in inputs.items())
@@ -127,4 +152,22 @@ class MultiStreamChatBackend:
         finally:
             if live is not None:
                 live.cancel()  # a client that went away frees its slot
+            else:  # not started yet: end the session as soon as it does
+                opening.add_done_callback(_cancel_when_started)
         yield Completion("".join(pieces), _FINISH.get(reason, "stop"), prompt_tokens, len(pieces))
+
+    @staticmethod
+    def _next_event(listener: _Listener, opening: Any) -> tuple[str, Any]:
+        """The session's next event; a session that could not start raises its reason at once
+        instead of after the row timeout."""
+        waited = 0.0
+        while True:
+            try:
+                return listener.events.get(timeout=_POLL_S)
+            except queue.Empty:
+                waited += _POLL_S
+            if opening.done() and not opening.cancelled() and opening.exception() is not None:
+                error = opening.exception()
+                raise ValueError(f"the session could not start: {type(error).__name__}: {error}")
+            if waited >= ROW_TIMEOUT_S:
+                raise TimeoutError(f"no row within {ROW_TIMEOUT_S:.0f} s; the server is overloaded")

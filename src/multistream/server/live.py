@@ -8,44 +8,22 @@ OpenAI-compatible route both go through it, so both share one scheduler and one 
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine import Row, SessionConfig
+from ..engine import SessionConfig
 from ..sampling import SamplingConfig
-from ..schema import Role, StreamSchema
+from ..text import answer_end_tokens, visible_text
 from .baseline import SequentialDecoder, format_prompt
 from .protocol import OpenMessage, ProtocolError, ReadyEvent, SamplingSettings, StreamInfo
 from .scheduler import DecodeScheduler, SchedulerConfig
 
-__all__ = ["LiveConfig", "LiveService", "answer_end_tokens", "visible_text"]
+__all__ = ["RETRY_AFTER_S", "LiveConfig", "LiveService", "answer_end_tokens", "visible_text"]
 
-
-def answer_end_tokens(schema: StreamSchema, tokenizer: Any) -> dict[str, int]:
-    """The end token of every output stream: the tokenizer's eos, which the data converters put
-    after every answer (``data/convert.py``), as the evaluation runners use it too. The engine
-    then ends a stream at it, and a session stops once every answer has ended.
-
-    Args:
-        schema: the model's streams.
-        tokenizer: its tokenizer.
-
-    Returns:
-        ``{output stream name: eos id}``; empty when the tokenizer has no eos token.
-    """
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if not isinstance(eos, int):
-        return {}
-    return {s.name: eos for s in schema.streams if s.role is Role.OUTPUT}
-
-
-def visible_text(row: Row, end_tokens: dict[str, int]) -> dict[str, str | None]:
-    """A row's cell texts for display: an end token is shown as nothing (``None``), like
-    silence; the session's stop reason ``end_token`` says that the answer ended."""
-    names = list(row.text)
-    return {
-        name: None if end_tokens.get(name) == row.ids[c] else row.text[name] for c, name in enumerate(names)
-    }
+# What a client refused for capacity is told to wait (``Retry-After``): about one short answer.
+RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -61,6 +39,13 @@ class LiveConfig:
         stop_silent_rows: engine stop rule: end once every generated stream was silent this
             many rows after the inputs closed.
         scheduler: batching, pacing and ``max_sessions``.
+        idle_timeout_s: a live session that got no input and produced no row for this long
+            ends with reason ``idle`` and frees its slot (0 = never).
+        max_sessions_per_client: live sessions and baselines one client address may hold at
+            once, so one page or script cannot take every slot.
+        start_rows: token ids ``[rows][C]`` every session starts from (the warm start of the
+            model's decoding presets, ``DecodingPresets.start_rows``); None = one silent row.
+        skip_silence: hide silence keys from attention (the presets' ``skip_silence``).
     """
 
     model_name: str = "multistream"
@@ -70,11 +55,17 @@ class LiveConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_silent_rows: int = 4
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    idle_timeout_s: float = 60.0
+    max_sessions_per_client: int = 4
+    start_rows: list[list[int]] | None = None
+    skip_silence: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_input_chars", "max_message_chars"):
+        for name in ("max_rows", "max_input_chars", "max_message_chars", "max_sessions_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LiveConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.idle_timeout_s >= 0:
+            raise ValueError(f"LiveConfig.idle_timeout_s must be >= 0 (0 = off), got {self.idle_timeout_s}")
 
 
 def _protocol_sampling(sampling: SamplingConfig) -> dict[str, Any]:
@@ -100,7 +91,9 @@ class LiveService:
         self.config = config or LiveConfig()
         self.schema = model.schema
         self.end_tokens = answer_end_tokens(self.schema, tokenizer)
-        self.scheduler = DecodeScheduler(model, tokenizer, self.config.scheduler)
+        self.scheduler = DecodeScheduler(model, tokenizer, self.config.scheduler, self.config.start_rows)
+        self._clients: Counter[str] = Counter()
+        self._clients_lock = threading.Lock()
 
     def start(self) -> LiveService:
         self.scheduler.start()
@@ -123,6 +116,8 @@ class LiveService:
             "max_input_chars": c.max_input_chars,
             "max_message_chars": c.max_message_chars,
             "max_sessions": c.scheduler.max_sessions,
+            "max_sessions_per_client": c.max_sessions_per_client,
+            "idle_timeout_s": int(c.idle_timeout_s),
         }
 
     def defaults(self) -> dict[str, Any]:
@@ -139,6 +134,36 @@ class LiveService:
             "row_interval_ms": self.config.scheduler.row_interval_s * 1000,
             "live_sessions": self.scheduler.live_sessions,
         }
+
+    # -- per-client slots ---------------------------------------------------------------------
+
+    def claim_client_slot(self, client: str) -> None:
+        """Count one more live session or baseline of ``client`` (its address).
+
+        Raises:
+            ProtocolError: ``limit``, when the client holds ``max_sessions_per_client`` already.
+        """
+        with self._clients_lock:
+            if self._clients[client] >= self.config.max_sessions_per_client:
+                raise ProtocolError(
+                    "limit",
+                    f"this client already runs {self._clients[client]} live sessions and baselines "
+                    f"(max_sessions_per_client = {self.config.max_sessions_per_client}); stop one first, "
+                    "or start the server with a larger --max-sessions-per-client",
+                )
+            self._clients[client] += 1
+
+    def client_slots(self, client: str) -> int:
+        """Live sessions and baselines ``client`` holds now."""
+        with self._clients_lock:
+            return self._clients[client]
+
+    def release_client_slot(self, client: str) -> None:
+        """Undo one :meth:`claim_client_slot`."""
+        with self._clients_lock:
+            self._clients[client] -= 1
+            if self._clients[client] <= 0:
+                del self._clients[client]
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -174,6 +199,7 @@ class LiveService:
             max_rows=max_rows,
             stop_silent_rows=self.config.stop_silent_rows,
             end_tokens=dict(self.end_tokens),
+            skip_silence=self.config.skip_silence,
         )
 
     def session_config_defaults(self) -> SessionConfig:
@@ -186,6 +212,8 @@ class LiveService:
             "clock": config.clock,
             "max_rows": config.max_rows,
             "wait_for_input": wait_for_input,
+            # Rows prefilled before the first input (a warm start): row events count on from here.
+            "start_rows": len(self.config.start_rows or ()),
         }
         return ReadyEvent(
             session=session_id,

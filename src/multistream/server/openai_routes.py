@@ -5,10 +5,12 @@ generation with a Hugging Face causal LM and its chat template (the base model a
 multi-stream backend can implement the same two methods and reuse the router unchanged.
 
 Supported request fields: ``messages`` (system/user/assistant, string content), ``model``
-(echoed back), ``max_tokens`` / ``max_completion_tokens``, ``temperature`` (0 = greedy),
+(the served name, or left out; another name gets 404 as vLLM answers), ``max_tokens`` / ``max_completion_tokens``, ``temperature`` (0 = greedy),
 ``top_p``, ``seed``, ``stream`` (server-sent events, ``data: [DONE]`` at the end), ``n`` (only
 1). ``response_format`` and other fields are accepted and ignored. Errors use OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` shape.
+``{"error": {"message", "type", "param", "code"}}`` shape; a full server answers 429 with
+``Retry-After``. ``POST /v1/completions`` takes a ``prompt`` (one string) with the same fields
+and answers in the legacy completions shape.
 
 Example:
     >>> app = FastAPI(); app.include_router(openai_router(HFChatBackend(model, tok, "smollm2-135m")))  # doctest: +SKIP
@@ -26,44 +28,103 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 __all__ = [
+    "MAX_SEED",
+    "CapacityError",
     "ChatBackend",
     "ChatMessage",
     "ChatRequest",
     "Completion",
+    "CompletionRequest",
     "HFChatBackend",
     "openai_router",
 ]
 
 
+# torch generators take 64-bit seeds; the multi-stream engine seeds batch member i with seed + i.
+MAX_SEED = 2**63 - 1
+_MAX_TOKENS = 1_000_000
+
+
+class CapacityError(RuntimeError):
+    """The backend runs as many requests as it may; the route answers 429 with ``Retry-After``.
+
+    Args:
+        message: what is full and how to raise the limit.
+        retry_after_s: seconds the client should wait.
+    """
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatRequest(BaseModel):
-    """The request fields the route reads; unknown fields are ignored as OpenAI clients send many."""
+    """The request fields the route reads; unknown fields are ignored as OpenAI clients send many.
+    Every number is range-checked here, at the edge: a bad value is a 400 naming the field."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=_MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=_MAX_TOKENS)
+    # Left out: the served model's default (its decoding presets; 1.0 for a plain base model).
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    # Set for /v1/completions: the prompt is raw text, not chat messages (no chat template).
+    raw_prompt: bool = Field(default=False, exclude=True)
+    # The client's address, set by the route (never from the body): per-client limits use it.
+    _client: str | None = PrivateAttr(default=None)
+
+    @property
+    def client_address(self) -> str | None:
+        return self._client
 
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(BaseModel):
+    """``/v1/completions``: one prompt string and the same sampling fields as chat."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    prompt: str | list[str] = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(default=16, ge=1, le=_MAX_TOKENS)
+    # Left out: the served model's default (its decoding presets; 1.0 for a plain base model).
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+
+    def as_chat(self) -> ChatRequest:
+        """The same request as one raw user message (the backends' one entry point)."""
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError(f"prompt: send one prompt per request, got a list of {len(self.prompt)}")
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return ChatRequest(
+            messages=[ChatMessage(role="user", content=prompt)], model=self.model,
+            max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+            stream=self.stream, raw_prompt=True,
+        )  # fmt: skip
 
 
 @dataclass
@@ -107,65 +168,73 @@ class HFChatBackend:
         # One CPU/GPU model: requests take turns (a batch scheduler is the engine's job).
         self._lock = threading.Lock()
 
-    def _prompt(self, messages: list[ChatMessage]) -> list[int]:
-        chat = [m.model_dump() for m in messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-            # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True).
-            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        text = "\n".join(m["content"] for m in chat)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    def _prompt(self, messages: list[ChatMessage], raw: bool = False) -> list[int]:
+        from ..sequential import chat_prompt_ids
 
-    def _sample(self, logits: torch.Tensor, request: ChatRequest, generator: torch.Generator | None) -> int:
-        if request.temperature == 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
-        if request.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            drop = sorted_p.cumsum(-1) - sorted_p >= request.top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        chat = [m.model_dump() for m in messages]
+        if not raw:
+            return chat_prompt_ids(self.tokenizer, chat)
+        return self.tokenizer.encode("\n".join(m["content"] for m in chat), add_special_tokens=False)
 
     def stream(self, request: ChatRequest) -> Iterator[str | Completion]:
-        prompt = self._prompt(request.messages)
+        prompt = self._prompt(request.messages, raw=request.raw_prompt)
+        from ..sequential import SequentialBaseline
+
         limit = request.token_limit or self.max_tokens_default
-        generator = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
-        device = next(self.model.parameters()).device
-        ids: list[int] = []
-        text = ""
-        finish = "length"
-        with self._lock, torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-            for _ in range(limit):
-                token = self._sample(out.logits[0, -1], request, generator)
-                if token in self._stop_ids:
-                    finish = "stop"
-                    break
-                ids.append(token)
-                # Decode the whole answer and emit the difference: a token may split a character.
-                full = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if not full.endswith("\ufffd"):
-                    piece, text = full[len(text) :], full
-                    if piece:
-                        yield piece
-                out = self.model(
-                    input_ids=torch.tensor([[token]], device=device), cache=out.cache, use_cache=True
-                )
-        full = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if full != text:
-            yield full[len(text) :]
-        yield Completion(full, finish, len(prompt), len(ids))
+        baseline = SequentialBaseline(
+            self.model, self.tokenizer, prompt, limit,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
+        )  # fmt: skip
+        with self._lock:
+            yield from baseline
+        finish = "stop" if baseline.reason == "eos" else "length"
+        yield Completion(baseline.text, finish, len(prompt), len(baseline.ids))
 
 
 def _error(
-    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+    status: int,
+    message: str,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": kind, "param": param, "code": None}},
+        headers=headers,
     )
+
+
+def _unknown_model(name: str, served: str) -> JSONResponse:
+    # vLLM's answer for a model it does not serve (404, type NotFoundError, code 404).
+    return JSONResponse(
+        status_code=404,
+        content={
+            "error": {
+                "message": f"The model `{name}` does not exist. This server serves `{served}`.",
+                "type": "NotFoundError",
+                "param": "model",
+                "code": 404,
+            }
+        },
+    )
+
+
+async def _read_body(raw: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+    """The validated request body, or the 400 that names what is wrong with it."""
+    try:
+        body = await raw.json()
+    except RecursionError:
+        return _error(400, "the request body nests too deep to be a request")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return _error(400, f"the request body is not valid JSON ({e})")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return _error(400, f"field {param!r}: {first['msg']}", param=param)
 
 
 async def _iterate_in_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
@@ -186,7 +255,8 @@ async def _started(it: Iterator[Any]) -> Iterator[Any]:
 
 
 def openai_router(backend: ChatBackend) -> APIRouter:
-    """A router with ``POST /v1/chat/completions`` and ``GET /v1/models`` for ``backend``.
+    """A router with ``POST /v1/chat/completions``, ``POST /v1/completions`` and
+    ``GET /v1/models`` for ``backend``.
 
     Args:
         backend: the model behind the route (:class:`HFChatBackend` or a multi-stream one).
@@ -203,33 +273,34 @@ def openai_router(backend: ChatBackend) -> APIRouter:
             "data": [{"id": backend.name, "object": "model", "owned_by": "multistream"}],
         }
 
-    @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(raw: Request) -> JSONResponse | StreamingResponse:
-        try:
-            body = await raw.json()
-        except json.JSONDecodeError as e:
-            return _error(400, f"the request body is not valid JSON ({e.msg})")
-        try:
-            request = ChatRequest.model_validate(body)
-        except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(p) for p in first["loc"])
-            return _error(400, f"field {param!r}: {first['msg']}", param=param)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        name = request.model or backend.name
+    async def start(request: ChatRequest, raw: Request) -> Iterator[Any] | JSONResponse:
+        """The backend's item stream with its first item computed, or the error response."""
+        if request.model is not None and request.model != backend.name:
+            return _unknown_model(request.model, backend.name)
+        request._client = raw.client.host if raw.client else None
         try:
             # The first item comes before any answer is sent, so that a request the backend
             # refuses (a limit, a bad setting: ValueError) gets a 400 with its reason, not a 500.
-            items = await _started(backend.stream(request))
+            return await _started(backend.stream(request))
+        except CapacityError as e:
+            return _error(429, str(e), kind="rate_limit_error", headers={"Retry-After": str(e.retry_after_s)})
         except ValueError as e:
             return _error(400, str(e))
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(raw: Request) -> JSONResponse | StreamingResponse:
+        request = await _read_body(raw, ChatRequest)
+        if isinstance(request, JSONResponse):
+            return request
+        assert isinstance(request, ChatRequest)
+        items = await start(request, raw)
+        if isinstance(items, JSONResponse):
+            return items
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        name = backend.name
         if not request.stream:
-            done: Completion | None = None
-            async for item in _iterate_in_thread(items):
-                if isinstance(item, Completion):
-                    done = item
-            assert done is not None
+            done = await _finish(items)
             return JSONResponse(
                 {
                     "id": completion_id,
@@ -243,11 +314,7 @@ def openai_router(backend: ChatBackend) -> APIRouter:
                             "finish_reason": done.finish_reason,
                         }
                     ],
-                    "usage": {
-                        "prompt_tokens": done.prompt_tokens,
-                        "completion_tokens": done.completion_tokens,
-                        "total_tokens": done.prompt_tokens + done.completion_tokens,
-                    },
+                    "usage": _usage(done),
                 }
             )
 
@@ -272,4 +339,61 @@ def openai_router(backend: ChatBackend) -> APIRouter:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    @router.post("/v1/completions", response_model=None)
+    async def completions(raw: Request) -> JSONResponse | StreamingResponse:
+        body = await _read_body(raw, CompletionRequest)
+        if isinstance(body, JSONResponse):
+            return body
+        assert isinstance(body, CompletionRequest)
+        try:
+            request = body.as_chat()
+        except ValueError as e:
+            return _error(400, str(e), param="prompt")
+        items = await start(request, raw)
+        if isinstance(items, JSONResponse):
+            return items
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def payload(text: str, finish: str | None) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": backend.name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
+
+        if not request.stream:
+            done = await _finish(items)
+            return JSONResponse({**payload(done.text, done.finish_reason), "usage": _usage(done)})
+
+        async def events() -> AsyncIterator[str]:
+            async for item in _iterate_in_thread(items):
+                if isinstance(item, Completion):
+                    data = payload("", item.finish_reason)
+                else:
+                    data = payload(item, None)
+                yield f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     return router
+
+
+async def _finish(items: Iterator[Any]) -> Completion:
+    done: Completion | None = None
+    async for item in _iterate_in_thread(items):
+        if isinstance(item, Completion):
+            done = item
+    assert done is not None
+    return done
+
+
+def _usage(done: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }

@@ -12,6 +12,8 @@ A conversation, client (``>``) and server (``<``)::
     < {"type": "row", "session": "s1", "row": 0, "text": {"user": " What", "assistant": null}, ...}
     > {"type": "close", "stream": "user"}
     < {"type": "row", ...}
+    > {"type": "feed", "stream": "user", "text": "and why?", "reopen": true}   (a follow-up)
+    < {"type": "row", ...}
     < {"type": "stopped", "session": "s1", "reason": "silence", "rows": 31, "texts": {...}}
 
 A bad message gets an ``error`` event and the connection stays usable; after ``stopped`` the
@@ -26,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
+    "MAX_SEED",
     "PROTOCOL_VERSION",
     "BaselineEnd",
     "BaselineMessage",
@@ -50,6 +53,8 @@ __all__ = [
 
 # Bumped on any incompatible change; a client that sends another version gets an error event.
 PROTOCOL_VERSION = 1
+# Largest seed: torch generators take 64-bit seeds, and session i of a batch uses seed + i.
+MAX_SEED = 2**63 - 1
 
 ErrorCode = Literal[
     "bad_json",  # the frame is not a JSON object
@@ -64,8 +69,9 @@ ErrorCode = Literal[
 
 
 class _Message(BaseModel):
-    # Unknown fields are errors: a misspelt option must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are errors: a misspelt option must not be silently ignored. NaN and
+    # infinity (Python's json accepts them) are refused like any other out-of-range number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- client -> server -----------------------------------------------------------------------------
@@ -89,7 +95,7 @@ class SamplingSettings(_Message):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     silence_penalty: float | None = Field(default=None, ge=0.0, le=100.0)
     think_silence_penalty: float | None = Field(default=None, ge=0.0, le=100.0)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class OpenMessage(_Message):
@@ -113,16 +119,26 @@ class OpenMessage(_Message):
     model: str | None = None
     sampling: SamplingSettings = SamplingSettings()
     clock: Literal["lockstep", "realtime"] = "lockstep"
-    max_rows: int | None = Field(default=None, ge=1)
+    max_rows: int | None = Field(default=None, ge=1, le=1_000_000)
     wait_for_input: bool = True
 
 
 class FeedMessage(_Message):
-    """Queue text for an input stream; whole words (the engine encodes ``" " + word``)."""
+    """Queue text for an input stream; whole words (the engine encodes ``" " + word``).
+
+    Args:
+        stream: the input stream.
+        text: the words.
+        reopen: the stream was closed (``close``) and this text is a follow-up: open it again
+            first, so the running session reads the text as new user input in the context of
+            everything so far, during the answer (the session must not have stopped). Left
+            out (false), feeding a closed stream is an ``engine`` error, as in version 1.
+    """
 
     type: Literal["feed"] = "feed"
     stream: str
     text: str
+    reopen: bool = False
 
 
 class CloseMessage(_Message):
@@ -148,7 +164,7 @@ class BaselineMessage(_Message):
 
     type: Literal["baseline"] = "baseline"
     text: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 ClientMessage = Annotated[
@@ -245,6 +261,7 @@ class ErrorEvent(_Message):
         message: what was expected, what was got and the fix.
         field: the offending field, when one is to blame.
         fatal: the server closes the connection after this event.
+        retry_after_s: for a full server, seconds to wait before trying again.
     """
 
     type: Literal["error"] = "error"
@@ -252,6 +269,7 @@ class ErrorEvent(_Message):
     message: str
     field: str | None = None
     fatal: bool = False
+    retry_after_s: float | None = None
 
 
 ServerEvent = ReadyEvent | RowEvent | BaselineToken | BaselineEnd | StoppedEvent | ErrorEvent
@@ -264,9 +282,12 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.code = code
         self.field = field
+        self.retry_after_s: float | None = None
 
     def event(self) -> ErrorEvent:
-        return ErrorEvent(code=self.code, message=str(self), field=self.field)
+        return ErrorEvent(
+            code=self.code, message=str(self), field=self.field, retry_after_s=self.retry_after_s
+        )
 
 
 def parse_client_message(
@@ -289,6 +310,10 @@ def parse_client_message(
     """
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError(
+            "bad_json", "a message must be one flat JSON object; this one nests too deep"
+        ) from None
     except ValueError as e:
         raise ProtocolError(
             "bad_json", f"a message must be one JSON object; could not parse it ({e})"

@@ -17,12 +17,17 @@ from .auth import TokenCheck
 from .chat_backend import MultiStreamChatBackend
 from .live import LiveConfig, LiveService
 from .live_routes import live_router, mount_static
+from .security import SecurityConfig, secure
 
 __all__ = ["build_app"]
 
 
 def build_app(
-    model: Any, tokenizer: Any, config: LiveConfig | None = None, token: str | None = None
+    model: Any,
+    tokenizer: Any,
+    config: LiveConfig | None = None,
+    token: str | None = None,
+    security: SecurityConfig | None = None,
 ) -> FastAPI:
     """The whole server for a loaded multi-stream model.
 
@@ -31,6 +36,8 @@ def build_app(
         tokenizer: its tokenizer.
         config: limits, defaults and pacing (:class:`~.live.LiveConfig`).
         token: a bearer token every API call must carry; None = open (loopback use).
+        security: the bound host and the extra allowed web origins (default: loopback, none);
+            see :mod:`.security`.
 
     Returns:
         The FastAPI app; its decode worker starts with the app and stops with it.
@@ -47,4 +54,4 @@ def build_app(
     app.router.on_startup.append(service.start)
     app.router.on_shutdown.append(service.shutdown)
     app.state.live = service
-    return app
+    return secure(app, security or SecurityConfig())

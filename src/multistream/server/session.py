@@ -15,8 +15,8 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from ..engine import Row
-from .live import LiveService, visible_text
+from ..engine import Row, SessionStopped
+from .live import RETRY_AFTER_S, LiveService, visible_text
 from .protocol import (
     PROTOCOL_VERSION,
     BaselineEnd,
@@ -36,9 +36,11 @@ from .protocol import (
 )
 from .scheduler import LiveSession, SessionLimitError
 
-__all__ = ["SessionConnection", "serve_connection"]
+__all__ = ["STOP_IDLE", "SessionConnection", "serve_connection"]
 
 _CLOSED = object()  # sentinel that ends the sender task
+# Stop reason of a session ended for idling (no input and no row for ``idle_timeout_s``).
+STOP_IDLE = "idle"
 
 
 class SessionConnection:
@@ -52,6 +54,11 @@ class SessionConnection:
     def __init__(self, websocket: WebSocket, service: LiveService) -> None:
         self.websocket = websocket
         self.service = service
+        # The per-client cap counts by address: one page or script cannot take every slot.
+        self.client = websocket.client.host if websocket.client else "unknown"
+        self.last_activity = time.monotonic()  # last input, open or row (idle timeout)
+        self.idle_stopped: LiveSession | None = None
+        self.slots = 0  # per-client slots this connection holds
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.live: LiveSession | None = None
@@ -80,6 +87,7 @@ class SessionConnection:
     async def run(self) -> None:
         """Read messages until the client disconnects; then end what it left running."""
         sender = asyncio.create_task(self._send_events())
+        watchdog = asyncio.create_task(self._watch_idle())
         try:
             while True:
                 frame = await self.websocket.receive()
@@ -91,15 +99,32 @@ class SessionConnection:
                     await self._handle(frame["text"])
                 except ProtocolError as e:
                     await self.events.put(e.event())
+                except Exception as e:  # a bug must cost this message, never the connection
+                    message = f"the server could not handle this message ({type(e).__name__}: {e})"
+                    await self.events.put(ErrorEvent(code="engine", message=message))
         except WebSocketDisconnect:
             pass
         finally:
+            watchdog.cancel()
             if self.live is not None:
                 self.live.cancel()
             if self.baseline is not None:
                 self.baseline.cancel()
             await self.events.put(_CLOSED)
             await sender
+
+    async def _watch_idle(self) -> None:
+        """End the session once it had no input and no row for ``idle_timeout_s``."""
+        timeout = self.service.config.idle_timeout_s
+        if timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            live = self.live
+            idle = time.monotonic() - self.last_activity >= timeout
+            if live is not None and self.idle_stopped is not live and idle:
+                self.idle_stopped = live
+                live.cancel()
 
     async def _send_events(self) -> None:
         while (event := await self.events.get()) is not _CLOSED:
@@ -122,11 +147,22 @@ class SessionConnection:
             self._start_baseline(message)
         elif self.live is None:
             raise ProtocolError("not_open", f"{message.type}: no session is open; send an open message first")
+        elif isinstance(message, (FeedMessage, CloseMessage)) and self.live.engine_session.stop is not None:
+            # It stopped; its "stopped" event is on the way (or was just sent).
+            raise ProtocolError(
+                "not_open",
+                f"{message.type}: the session has stopped; send an open message to start a new one",
+            )
         elif isinstance(message, FeedMessage):
+            self.last_activity = time.monotonic()
             self.service.check_input(message.stream, message.text, self.fed_chars)
             self.fed_chars += len(message.text)
+            if message.reopen:
+                # A follow-up: reopen waits for a row in progress, so off the event loop.
+                await asyncio.to_thread(self._engine_call, self.live.reopen, message.stream)
             self._engine_call(self.live.feed, message.stream, message.text)
         elif isinstance(message, CloseMessage):
+            self.last_activity = time.monotonic()
             if message.stream is not None:
                 self.service.check_input(message.stream, "", 0)
             self._engine_call(self.live.close, message.stream)
@@ -136,7 +172,7 @@ class SessionConnection:
     def _engine_call(self, method: Any, *args: Any) -> None:
         try:
             method(*args)
-        except ValueError as e:  # e.g. feeding a closed stream; the engine's message says why
+        except (ValueError, SessionStopped) as e:  # e.g. feeding a closed stream; it says why
             raise ProtocolError("engine", str(e)) from None
 
     # -- session -----------------------------------------------------------------------------
@@ -153,20 +189,37 @@ class SessionConnection:
             raise ProtocolError(
                 "already_open", "a session is already open; send stop and wait for stopped first"
             )
+        self._claim_slot()
         try:
             future = self.service.scheduler.open(config, self, wait_for_input=message.wait_for_input)
         except SessionLimitError as e:
-            raise ProtocolError("limit", str(e)) from None
+            self._release_slot()
+            raise _capacity_error(e) from None
         self.config = config
-        self.opened_at = time.monotonic()
+        self.opened_at = self.last_activity = time.monotonic()
         self.fed_chars = 0
         # on_start (worker thread) sets self.live before any row; waiting here keeps the next
         # message from racing the opening.
-        await asyncio.wrap_future(future)
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as e:  # the engine refused the settings: the connection stays usable
+            self._release_slot()
+            raise ProtocolError("engine", f"the session could not start: {type(e).__name__}: {e}") from None
+
+    def _claim_slot(self) -> None:
+        self.service.claim_client_slot(self.client)
+        self.slots += 1
+
+    def _release_slot(self) -> None:
+        # Runs on the event loop only (worker callbacks hop here), so the count needs no lock.
+        if self.slots > 0:
+            self.slots -= 1
+            self.service.release_client_slot(self.client)
 
     # SessionListener: called on the decode worker thread.
 
     def on_start(self, live: LiveSession) -> None:
+        self.last_activity = time.monotonic()  # the idle clock starts when the session does
         self.live = live
         self.texts = {stream.name: "" for stream in self.service.streams}
         self._emit(self.service.ready_event(live.id, self.config, live.wait_for_input))
@@ -175,17 +228,26 @@ class SessionConnection:
         text = visible_text(row, self.service.end_tokens)
         for name, piece in text.items():
             self.texts[name] += piece or ""
+        self.last_activity = time.monotonic()
         self._emit(RowEvent(session=live.id, row=row.index, text=text, t_ms=self._t_ms(self.opened_at)))
 
     def on_stop(self, live: LiveSession, reason: str, error: str | None) -> None:
+        if self.idle_stopped is live:
+            reason = STOP_IDLE
         if error is not None:
             self._emit(ErrorEvent(code="engine", message=error))
         # The texts are what the rows showed (silence and end tokens left out).
-        self._emit(StoppedEvent(session=live.id, reason=reason, rows=live.rows, texts=dict(self.texts)))
-        # Allow the next open only once the stopped event is queued (the loop thread does it).
-        self._emit_call(self._clear_live, live)
+        stopped = StoppedEvent(session=live.id, reason=reason, rows=live.rows, texts=dict(self.texts))
+        # One loop callback clears the session and then queues "stopped": a client that reads
+        # "stopped" and at once sends open (or feed) finds the session gone, never half gone.
+        self._emit_call(self._stopped, live, stopped)
+
+    def _stopped(self, live: LiveSession, event: StoppedEvent) -> None:
+        self._clear_live(live)
+        self.events.put_nowait(event)
 
     def _clear_live(self, live: LiveSession) -> None:
+        self._release_slot()
         if self.live is live:
             self.live = None
 
@@ -202,11 +264,21 @@ class SessionConnection:
 
         def on_end(reason: str, tokens: int, text: str) -> None:
             self._emit(BaselineEnd(reason=reason, tokens=tokens, text=text))
+            self._emit_call(self._release_slot)
 
+        self._claim_slot()
         try:
             self.baseline = self.service.scheduler.run_baseline(decoder, on_token, on_end)
         except SessionLimitError as e:
-            raise ProtocolError("limit", str(e)) from None
+            self._release_slot()
+            raise _capacity_error(e) from None
+
+
+def _capacity_error(error: SessionLimitError) -> ProtocolError:
+    """The server is full: a ``limit`` error that says when to try again."""
+    problem = ProtocolError("limit", f"{error} (retry after {RETRY_AFTER_S} s)")
+    problem.retry_after_s = RETRY_AFTER_S
+    return problem
 
 
 async def serve_connection(websocket: WebSocket, service: LiveService, reject: str | None = None) -> None:
@@ -217,6 +289,7 @@ async def serve_connection(websocket: WebSocket, service: LiveService, reject: s
         service: the live service.
         reject: an authorisation failure message, or None.
     """
+    # Origin and Host were checked before the upgrade (security.RequestGuard).
     await websocket.accept()
     if reject is not None:
         await websocket.send_text(encode_event(ErrorEvent(code="unauthorized", message=reject, fatal=True)))

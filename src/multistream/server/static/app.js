@@ -1,12 +1,15 @@
 // The multistream live page: a client of the session protocol (src/multistream/server/protocol.py).
-// Plain JavaScript, no build step. One connection; one session per question.
+// Plain JavaScript, no build step. One connection; one session per conversation: text typed while
+// an answer streams is a follow-up in the same session (feed with reopen), a question typed after
+// the session stopped opens a new one; the lanes keep every turn.
 "use strict";
 
 // -- protocol (mirrors protocol.py; PROTOCOL_VERSION must match) ------------------------------------
 const PROTOCOL_VERSION = 1;
 const Protocol = {
   open: (sampling) => ({ type: "open", version: PROTOCOL_VERSION, sampling }),
-  feed: (stream, text) => ({ type: "feed", stream, text }),
+  // reopen: a follow-up typed during the answer (the stream was closed with Enter).
+  feed: (stream, text, reopen) => (reopen ? { type: "feed", stream, text, reopen: true } : { type: "feed", stream, text }),
   close: (stream) => ({ type: "close", stream }),
   stop: () => ({ type: "stop" }),
   baseline: (text) => ({ type: "baseline", text }),
@@ -21,13 +24,16 @@ const page = {
   info: null, // GET /api/info
   socket: null,
   phase: "idle", // idle -> opening -> live -> closed (input done) -> stopped
-  inputStream: null, // the stream typing goes to: the first input stream
+  inputStream: null, // the stream typing goes to: "user", else the first input stream
   sentUpTo: 0, // characters of the input box already fed
   rows: 0,
   firstKeyAt: null, // performance.now() of the first keystroke of the question
   firstOutputMs: null, // ms from first keystroke to the first visible output token
   baselineFirstMs: null,
-  lanes: {}, // stream name -> {el, text}
+  lanes: {}, // stream name -> {el, text, role, atStart}
+  turns: 0, // questions asked in this conversation (the lanes keep them all)
+  markTurn: false, // the next timeline column starts a new question
+  followUpFrom: null, // where in the input box the last follow-up began (null: none pending)
 };
 
 // -- lanes and timeline --------------------------------------------------------------------------
@@ -43,32 +49,74 @@ function buildLanes() {
     const title = stream.role === "baseline" ? "sequential baseline (base model)" : stream.name;
     el.innerHTML = `<h3><span>${title}</span><span class="muted">${stream.role}</span></h3><div class="text"></div>`;
     lanes.appendChild(el);
-    page.lanes[stream.name] = { el, text: el.querySelector(".text"), role: stream.role };
+    page.lanes[stream.name] = { el, text: el.querySelector(".text"), role: stream.role, atStart: true };
   }
+  // The timeline's row labels: one per stream, then the baseline, then the row axis.
+  const labels = $("timeline-labels");
+  labels.textContent = "";
+  for (const name of [...page.info.streams.map((s) => s.name), "baseline", "row"]) {
+    const label = document.createElement("div");
+    label.textContent = name;
+    labels.appendChild(label);
+  }
+  labels.lastChild.style.height = "14px";
+  labels.lastChild.style.lineHeight = "14px";
   $("timeline").textContent = "";
+  page.turns = 0;
   applyVisibility();
+}
+
+// A new question in the same conversation: a rule in every lane that has text; the earlier
+// turns stay above it.
+function newTurn() {
+  page.turns += 1;
+  if (page.turns === 1) return;
+  for (const lane of Object.values(page.lanes)) {
+    if (!lane.text.textContent) continue;
+    const rule = document.createElement("span");
+    rule.className = "turn-rule";
+    lane.text.appendChild(rule);
+    lane.atStart = true;
+  }
+  page.markTurn = true;
 }
 
 function appendToLane(name, piece) {
   const lane = page.lanes[name];
+  // The live tokenizer puts a space before every word; a lane (or a turn) starts without it.
+  const text = lane.atStart ? piece.trimStart() : piece;
+  if (!text) return;
+  lane.atStart = false;
   const previous = lane.text.querySelector(".latest");
   if (previous) previous.classList.remove("latest");
   const span = document.createElement("span");
   span.className = "latest";
-  span.textContent = piece;
+  span.textContent = text;
   lane.text.appendChild(span);
   lane.el.scrollTop = lane.el.scrollHeight;
 }
 
-function addTimelineColumn(cells, marker) {
+// One timeline column: a cell per stream (role, text or null for silence; role "none" = no
+// row, e.g. the baseline still streams after the session stopped), then the row axis.
+function addTimelineColumn(cells, marker, row) {
   const col = document.createElement("div");
-  col.className = "tcol" + (marker ? " marker" : "");
+  col.className = "tcol" + (marker ? " marker" : "") + (page.markTurn ? " turn" : "");
+  if (marker) col.title = "input closed (Enter)";
+  page.markTurn = false;
   for (const [role, text] of cells) {
     const cell = document.createElement("div");
-    cell.className = "cell " + (text === null ? (role === "baseline" ? "empty" : "") : role);
-    if (text !== null) cell.title = text;
+    const kind = role === "none" ? "none" : text === null ? (role === "baseline" ? "none" : "") : role;
+    cell.className = "cell " + kind;
+    if (text !== null) {
+      cell.title = text;
+      cell.textContent = text.trim();
+    }
     col.appendChild(cell);
   }
+  const axis = document.createElement("div");
+  axis.className = "axis";
+  axis.textContent = row !== null && row % 5 === 0 ? String(row) : "";
+  col.appendChild(axis);
   const timeline = $("timeline");
   timeline.appendChild(col);
   timeline.scrollLeft = timeline.scrollWidth;
@@ -124,6 +172,7 @@ let baselineSinceRow = null;
 function onEvent(event) {
   switch (event.type) {
     case "ready":
+      page.followUpFrom = null;
       page.phase = page.phase === "opening" ? "live" : page.phase;
       setStatus(`session ${event.session} live`, "live");
       break;
@@ -147,7 +196,7 @@ function onEvent(event) {
       // Outline the first row after the question was completed (Enter).
       const marker = page.phase === "closed" && !page.markedClose;
       if (marker) page.markedClose = true;
-      addTimelineColumn(cells, marker);
+      addTimelineColumn(cells, marker, event.row);
       showStats();
       break;
     }
@@ -156,7 +205,15 @@ function onEvent(event) {
         page.baselineFirstMs = performance.now() - page.firstKeyAt;
       }
       appendToLane("baseline", event.text);
-      baselineSinceRow = (baselineSinceRow || "") + event.text;
+      if (page.phase === "stopped" || page.phase === "resetting") {
+        // No more rows will come: the baseline keeps its own columns (one token each, the
+        // same pace) so its track keeps growing while it streams.
+        const cells = page.info.streams.map(() => ["none", null]);
+        cells.push(["baseline", event.text]);
+        addTimelineColumn(cells, false, null);
+      } else {
+        baselineSinceRow = (baselineSinceRow || "") + event.text;
+      }
       showStats();
       break;
     case "baseline_end":
@@ -164,6 +221,13 @@ function onEvent(event) {
     case "stopped": {
       const wasResetting = page.phase === "resetting";
       page.phase = "stopped";
+      if (baselineSinceRow !== null) {
+        // Baseline tokens that came after the last row get their column now.
+        const cells = page.info.streams.map(() => ["none", null]);
+        cells.push(["baseline", baselineSinceRow]);
+        baselineSinceRow = null;
+        addTimelineColumn(cells, false, null);
+      }
       setStatus(`stopped (${event.reason}) after ${event.rows} rows — type to ask again`, "");
       if (wasResetting) {
         page.sentUpTo = 0;
@@ -172,6 +236,13 @@ function onEvent(event) {
       break;
     }
     case "error":
+      if (event.code === "not_open" && page.followUpFrom !== null && page.phase === "stopped") {
+        // The answer ended just before the follow-up arrived: it becomes a new question.
+        page.sentUpTo = page.followUpFrom;
+        page.followUpFrom = null;
+        onInput();
+        break;
+      }
       showError(`${event.code}: ${event.message}`);
       // A refused open (e.g. the server is full): the next keystroke tries again.
       if (page.phase === "opening") page.phase = "idle";
@@ -181,7 +252,7 @@ function onEvent(event) {
 
 // -- typing --------------------------------------------------------------------------------------
 function startQuestion() {
-  buildLanes();
+  newTurn(); // the conversation's earlier turns stay in the lanes
   page.rows = 0;
   page.sentUpTo = 0;
   page.firstKeyAt = performance.now();
@@ -212,13 +283,24 @@ function onInput() {
     }
     startQuestion();
   }
-  if (page.phase === "closed" || page.phase === "resetting") return;
+  if (page.phase === "resetting") return;
   // Feed only completed words (followed by whitespace): the engine encodes " " + word.
   const value = box.value;
   const lastSpace = Math.max(value.lastIndexOf(" "), value.lastIndexOf("\n"));
   if (lastSpace + 1 > page.sentUpTo) {
     const words = value.slice(page.sentUpTo, lastSpace + 1);
-    if (words.trim()) send(Protocol.feed(page.inputStream, words));
+    if (words.trim() && page.phase === "closed") {
+      // Typed while the answer streams: a follow-up in the same session (the model keeps
+      // what it read and wrote); the lanes mark the new turn and keep the earlier ones.
+      newTurn();
+      page.phase = "live";
+      page.markedClose = false;
+      page.followUpFrom = page.sentUpTo; // if the session ended meanwhile, these words ask anew
+      send(Protocol.feed(page.inputStream, words, true));
+      setStatus("follow-up — your words join the running answer", "live");
+    } else if (words.trim()) {
+      send(Protocol.feed(page.inputStream, words));
+    }
     page.sentUpTo = lastSpace + 1;
   }
 }
@@ -269,7 +351,9 @@ async function main() {
   }
   page.info = await response.json();
   $("model-name").textContent = page.info.model;
-  const input = page.info.streams.find((s) => s.role === "input");
+  // Layout B models also have a system block: typing goes to "user" when there is one.
+  const inputs = page.info.streams.filter((s) => s.role === "input");
+  const input = inputs.find((s) => s.name === "user") || inputs[0];
   page.inputStream = input ? input.name : null;
   for (const [name, value] of Object.entries(page.info.sampling)) {
     if ($(name) && value !== null) $(name).value = value;
