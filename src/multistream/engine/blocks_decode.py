@@ -33,11 +33,10 @@ no silence, so :meth:`BlocksSession.texts` joins each stream's tokens, whatever 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from ..sampling import sample_row, summarise
 from ..schema import Role
 from .backend import DecodeBackend, TokenPlan
 from .config import GenerationResult, Row, SessionConfig, SessionStopped
+from .handle import SessionHandle
 from .inputs import InputQueues
 from .stops import resolve_end_tokens
 
@@ -399,7 +399,7 @@ class BlocksSessionBatch:
         return [self.backend.cached_tokens(s.slot) for s in self.sessions]
 
 
-class BlocksSession:
+class BlocksSession(SessionHandle):
     """One live Layout B conversation: the API of :class:`~multistream.engine.Session`."""
 
     def __init__(
@@ -422,12 +422,6 @@ class BlocksSession:
         session = cls.__new__(cls)
         session._attach(batch, slot, state, standalone=False)
         return session
-
-    def _attach(self, batch: BlocksSessionBatch, slot: int, state: BlocksState, standalone: bool) -> None:
-        self.batch = batch
-        self.slot = slot
-        self.state = state
-        self._standalone = standalone
 
     def feed(
         self, stream: str, text_or_ids: str | Sequence[int], *, at: float | None = None, interval: float = 0.0
@@ -504,31 +498,6 @@ class BlocksSession:
                 "block: close() ended it with <|im_end|> and the answer heads were placed after it "
                 "(spec §3.2); start a new session for a follow-up"
             )
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        with self.state.inputs.lock:
-            if self.state.stop is None:
-                self.state.stop = reason
-
-    def _require_standalone(self, what: str) -> None:
-        if not self._standalone:
-            raise RuntimeError(f"this session belongs to a SessionBatch; call batch.{what}() instead")
-
-    def __iter__(self) -> Iterator[Row]:
-        while self.state.stop is None:
-            yield self.step()
-
-    async def __aiter__(self) -> AsyncIterator[Row]:
-        while self.state.stop is None:
-            yield await asyncio.to_thread(self.step)
-
-    @property
-    def stop(self) -> str | None:
-        return self.state.stop
-
-    @property
-    def rows(self) -> list[tuple[int, ...]]:
-        return list(self.state.rows)
 
     def grid(self) -> StreamGrid:
         """The steps as a grid (silence id where a stream had nothing that step)."""

@@ -11,11 +11,10 @@ alone, whoever its neighbours are (continuous batching).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from ..sampling import forced_silent_mask, penalty_ramp, sample_row, stream_pena
 from ..schema import Role, StreamSchema
 from .backend import DecodeBackend
 from .config import GenerationResult, Row, SessionConfig, SessionStopped
+from .handle import SessionHandle
 from .inputs import InputQueues, tokenize_live
 from .planner import get_planner
 from .stops import StopRules, resolve_end_tokens
@@ -418,7 +418,7 @@ class SessionBatch:
         return [self.backend.cached_tokens(s.slot) for s in self.sessions]
 
 
-class Session:
+class Session(SessionHandle):
     """One live conversation: feed inputs, step rows, read texts.
 
     A session made directly owns a private batch of one; sessions of a :class:`SessionBatch`
@@ -469,12 +469,6 @@ class Session:
         session = cls.__new__(cls)
         session._attach(batch, slot, state, standalone=False)
         return session
-
-    def _attach(self, batch: SessionBatch, slot: int, state: SessionState, standalone: bool) -> None:
-        self.batch = batch
-        self.slot = slot
-        self.state = state
-        self._standalone = standalone
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -576,39 +570,7 @@ class Session:
         assert row is not None  # a running standalone session always yields its row
         return row
 
-    def cancel(self, reason: str = "cancelled") -> None:
-        """End the session from outside (a client left, a user pressed stop). Rows produced so
-        far stay in :attr:`rows`; a batch keeps stepping its other sessions and skips this one.
-
-        Args:
-            reason: the stop reason recorded in :attr:`stop` (e.g. ``"client"``).
-        """
-        with self.state.inputs.lock:
-            if self.state.stop is None:
-                self.state.stop = reason
-
-    def _require_standalone(self, what: str) -> None:
-        if not self._standalone:
-            raise RuntimeError(f"this session belongs to a SessionBatch; call batch.{what}() instead")
-
-    def __iter__(self) -> Iterator[Row]:
-        while self.state.stop is None:
-            yield self.step()
-
-    async def __aiter__(self) -> AsyncIterator[Row]:
-        # Steps run in a worker thread so feeding tasks on the event loop keep running.
-        while self.state.stop is None:
-            yield await asyncio.to_thread(self.step)
-
     # -- results ---------------------------------------------------------------------------------
-
-    @property
-    def stop(self) -> str | None:
-        return self.state.stop
-
-    @property
-    def rows(self) -> list[tuple[int, ...]]:
-        return list(self.state.rows)
 
     def grid(self) -> StreamGrid:
         """All rows so far as a grid."""
