@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multistream.engine.blocks_decode import BlocksSession, BlocksSessionBatch, generate_blocks
+from multistream.engine import generate
+from multistream.engine.blocks_decode import BlocksSession, BlocksSessionBatch
 from multistream.engine.config import SessionConfig
 from multistream.layout import BlocksExample
 from multistream.layout.blocks import BlocksLayout, blocks_schema
@@ -124,7 +125,7 @@ def test_batched_sessions_each_equal_their_own_full_forward(smol_tokenizer):
 
 def test_user_and_heads_step_together_and_the_answer_starts_before_the_input_ends(smol_tokenizer):
     model = _tiny_chatml_model(1)
-    result = generate_blocks(
+    result = generate(  # the engine's one generate: Session(...) is a BlocksSession here
         model,
         smol_tokenizer,
         {"user": "one two three four five six seven eight"},

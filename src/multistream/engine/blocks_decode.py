@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from ..grid import StreamGrid
 from ..sampling import sample_row, summarise
 from ..schema import Role
 from .backend import DecodeBackend, TokenPlan
-from .config import GenerationResult, Row, SessionConfig, SessionStopped
+from .config import Row, SessionConfig, SessionStopped
 from .handle import SessionHandle
 from .inputs import InputQueues
 from .stops import resolve_end_tokens
@@ -54,7 +54,7 @@ from .stops import resolve_end_tokens
 if TYPE_CHECKING:
     from ..model import MultiStreamLM
 
-__all__ = ["BlocksPlanner", "BlocksSession", "BlocksSessionBatch", "BlocksState", "generate_blocks"]
+__all__ = ["BlocksPlanner", "BlocksSession", "BlocksSessionBatch", "BlocksState"]
 
 SYSTEM, USER = 0, 1
 
@@ -520,31 +520,3 @@ class BlocksSession(SessionHandle):
                 ids = [*ids, self.state.pending[c]]
             out[name] = tok.decode([t for t in ids if t != self.batch.im_end])
         return out
-
-
-def generate_blocks(
-    model: MultiStreamLM,
-    tokenizer: Any,
-    inputs: Mapping[str, str | Sequence[int]] | None = None,
-    *,
-    on_row: Callable[[Row], None] | None = None,
-    config: SessionConfig | None = None,
-) -> GenerationResult:
-    """:func:`~multistream.engine.generate` for a Layout B model: feed, close, step to the end."""
-    session = BlocksSession(model, tokenizer, config)
-    for name, value in (inputs or {}).items():
-        session.feed(name, value)
-    session.close()
-    rows = []
-    for row in session:
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    return GenerationResult(
-        texts=session.texts(),
-        grid=session.grid(),
-        rows=rows,
-        stop=session.stop,
-        first_visible_output_row=session.state.first_visible_output_row,
-        inputs_closed_row=session.state.inputs_closed_row,
-    )
