@@ -570,7 +570,7 @@ def bench_decode(
 
 
 eval_app = typer.Typer(
-    help="Latency, accuracy and injection robustness against a sequential baseline, side by side.",
+    help="Latency, accuracy and injection robustness against a sequential baseline, side by side; monitorability of thinking streams.",
     no_args_is_help=True,
 )
 app.add_typer(eval_app, name="eval")
