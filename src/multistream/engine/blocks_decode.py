@@ -402,17 +402,7 @@ class BlocksSessionBatch:
 class BlocksSession(SessionHandle):
     """One live Layout B conversation: the API of :class:`~multistream.engine.Session`."""
 
-    def __init__(
-        self,
-        model: MultiStreamLM,
-        tokenizer: Any,
-        config: SessionConfig | None = None,
-        now: Callable[[], float] | None = None,
-    ) -> None:
-        batch = BlocksSessionBatch(model, tokenizer, 1, config, now)
-        member = batch.sessions[0]
-        self._attach(batch, member.slot, member.state, standalone=True)
-        batch.sessions[0] = self
+    _batch_class = BlocksSessionBatch
 
     @classmethod
     def _member(cls, batch: BlocksSessionBatch, slot: int, seed: int | None) -> BlocksSession:

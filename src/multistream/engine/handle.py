@@ -10,8 +10,8 @@ input and build their rows; this base keeps the rest in one place. A subclass's 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, ClassVar
 
 from .config import Row
 
@@ -19,10 +19,25 @@ from .config import Row
 class SessionHandle:
     """A session's handle on its batch slot and state (shared by every layout)."""
 
+    # The batch class a standalone session runs in (a batch of one).
+    _batch_class: ClassVar[type]
     batch: Any
     slot: int
     state: Any
     _standalone: bool
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: Any | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        """A standalone session: a batch of one that this handle steps itself."""
+        batch = self._batch_class(model, tokenizer, 1, config, now)
+        member = batch.sessions[0]
+        self._attach(batch, member.slot, member.state, standalone=True)
+        batch.sessions[0] = self
 
     def _attach(self, batch: Any, slot: int, state: Any, standalone: bool) -> None:
         self.batch = batch

@@ -445,17 +445,7 @@ class Session(SessionHandle):
             return BlocksSession(model, *args, **kwargs)  # Layout B: see SessionBatch.__new__
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        model: MultiStreamLM,
-        tokenizer: Any,
-        config: SessionConfig | None = None,
-        now: Callable[[], float] | None = None,
-    ) -> None:
-        batch = SessionBatch(model, tokenizer, 1, config, now)
-        member = batch.sessions[0]
-        self._attach(batch, member.slot, member.state, standalone=True)
-        batch.sessions[0] = self
+    _batch_class = SessionBatch
 
     @classmethod
     def _member(cls, batch: SessionBatch, slot: int, seed: int | None) -> Session:
