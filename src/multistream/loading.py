@@ -67,7 +67,16 @@ MULTISTREAM_MODELS[DEMO_MODEL] = demo_model_dir
 # More shipped models (issue 12; docs/models.md), each a saved directory under ``zoo/``: the
 # sequential twins that ``multistream eval --baseline NAME`` compares against, and the models
 # of the other claims. Like the demo they hold only adapters and reference the embedded base.
-ZOO_MODELS: tuple[str, ...] = ("demo-twin",)
+# Found by listing the folder, so shipping a model is copying its saved directory there.
+ZOO_MODELS: tuple[str, ...] = tuple(
+    sorted(
+        p.name
+        for p in (Path(__file__).parent / "zoo").iterdir()
+        if (p / "multistream_config.json").is_file()
+    )
+    if (Path(__file__).parent / "zoo").is_dir()
+    else ()
+)
 
 
 def _zoo_model_dir(name: str) -> Callable[[], Path]:
