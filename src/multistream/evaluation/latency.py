@@ -14,6 +14,11 @@ run back to back on the same arrival schedule, and each output gets:
     seconds from the first / last input token's arrival to the first visible output token.
 ``e2e_s`` / ``e2e_s_from_last_input``
     seconds from the first / last input token's arrival to the final output token.
+``e2e_rows_from_last_input``
+    rows from the last input row to the end of the answer (the row of the end token, or of the
+    last output token without one): how much the user waits once they have finished, in model
+    steps (baseline: its generated tokens, end token included). With ``e2e_s_from_last_input``
+    the headline of a model that thinks while it reads (issue 12).
 ``average_lagging``
     AL (:func:`~multistream.evaluation.metrics.average_lagging`) in input tokens read;
     ``average_lagging_s`` the same with delays in seconds since the first input.
@@ -48,6 +53,7 @@ from .runners import TimedOutput, timeline_of
 __all__ = [
     "CONTRACT_KEYS",
     "LATENCY_KEYS",
+    "MEDIAN_KEYS",
     "aggregate_latency",
     "latency_metrics",
     "run_latency",
@@ -73,7 +79,11 @@ LATENCY_KEYS: tuple[str, ...] = (
     "ttft_answer_rows",
     "ttft_answer_s_from_first_input",
     "ttft_answer_s_from_last_input",
+    "e2e_rows_from_last_input",
 )
+# Keys that also get medians and per-example median ratios: the contract keys, then the waits
+# after the last input token (added for issue 12; extend, never reorder).
+MEDIAN_KEYS: tuple[str, ...] = (*CONTRACT_KEYS, "e2e_s_from_last_input", "e2e_rows_from_last_input")
 
 
 def latency_metrics(out: TimedOutput) -> dict[str, float | None]:
@@ -106,6 +116,8 @@ def latency_metrics(out: TimedOutput) -> dict[str, float | None]:
     if out.end_s is not None and out.token_rows:
         metrics["e2e_s"] = out.end_s - first_in
         metrics["e2e_s_from_last_input"] = out.end_s - last_in
+    if out.end_row is not None and out.token_rows:
+        metrics["e2e_rows_from_last_input"] = out.end_row - last_row
     if out.token_rows:
         metrics["average_lagging"] = average_lagging(out.token_reads, out.input_tokens)
         metrics["average_lagging_s"] = average_lagging(
@@ -119,7 +131,7 @@ def latency_metrics(out: TimedOutput) -> dict[str, float | None]:
 
 
 def aggregate_latency(per_example: Iterable[dict[str, float | None]]) -> dict[str, Any]:
-    """Means (and medians of the contract keys) over examples; None-valued entries skipped.
+    """Means (and medians of :data:`MEDIAN_KEYS`) over examples; None-valued entries skipped.
 
     Returns:
         ``{key: mean, "median": {key: median}, "examples": n, "no_output": n}``.
@@ -130,7 +142,7 @@ def aggregate_latency(per_example: Iterable[dict[str, float | None]]) -> dict[st
     for key in LATENCY_KEYS:
         values = [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))]
         out[key] = mean(values) if values else None
-        if key in CONTRACT_KEYS:
+        if key in MEDIAN_KEYS:
             medians[key] = median(values) if values else None
     out["median"] = medians
     return out
@@ -146,10 +158,11 @@ def _ratios(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float 
 
 
 def _median_ratios(records: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Per contract key, the median over examples of model / baseline. Both systems of one
-    example run back to back, so on a shared, noisy CPU this is steadier than a ratio of means."""
+    """Per key of :data:`MEDIAN_KEYS`, the median over examples of model / baseline. Both systems
+    of one example run back to back, so on a shared, noisy CPU this is steadier than a ratio of
+    means."""
     out: dict[str, float | None] = {}
-    for key in CONTRACT_KEYS:
+    for key in MEDIAN_KEYS:
         values = [
             a / b
             for r in records
