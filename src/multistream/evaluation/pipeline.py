@@ -185,7 +185,11 @@ def evaluate_accuracy(options: EvalOptions, tasks: list[str] | None = None) -> d
 
 
 def evaluate_injection(
-    options: EvalOptions, attacks: list[str] | None = None, domain: str = "id"
+    options: EvalOptions,
+    attacks: list[str] | None = None,
+    domain: str = "id",
+    benchmark: str = "struq",
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Attack success (StruQ, "Print exactly 'Hacked!'") of the model and the baseline.
 
@@ -194,16 +198,38 @@ def evaluate_injection(
         attacks: conditions (default: ``none`` plus the four attacks of
             :data:`~multistream.evaluation.injection.ATTACKS`).
         domain: ``id`` (attack after the data) or ``ood`` (before and after).
+        benchmark: ``struq`` (the StruQ held-out set) or ``sep`` (SEP probes and witnesses;
+            attacks ``none`` and ``probe``).
+        batch_size: examples decoded together (Layout B models; the text of a lone run, the
+            seconds of the batch: :mod:`~multistream.evaluation.batched`).
 
     Returns:
         the results (also in ``options.out/results.json``).
     """
-    from .injection import ATTACKS, load_injection_examples, run_injection
+    from .injection import (
+        ATTACKS,
+        BENCHMARKS,
+        SEP_ATTACKS,
+        load_injection_examples,
+        load_sep_examples,
+        run_injection,
+    )
 
-    conditions = attacks or ["none", *ATTACKS]
-    examples = load_injection_examples(options.data_root, options.limit)
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"--benchmark {benchmark!r} is unknown; choose from {', '.join(BENCHMARKS)}")
+    sep = benchmark == "sep"
+    conditions = attacks or ["none", *(SEP_ATTACKS if sep else ATTACKS)]
+    load = load_sep_examples if sep else load_injection_examples
+    examples = load(options.data_root, options.limit)
     systems = _load(options, options.max_new_tokens or 64)
-    settings = _settings(options, systems, kind="injection", attacks=conditions, domain=domain)
+    # Only non-default choices join the settings, so earlier struq runs still resume.
+    extra = {"benchmark": benchmark} if sep else {}
+    if batch_size > 1:
+        extra["batch_size"] = batch_size
+        systems.notes.append(
+            f"decoded {batch_size} examples at a time: texts as alone, seconds are the batch's, not latencies"
+        )
+    settings = _settings(options, systems, kind="injection", attacks=conditions, domain=domain, **extra)
     with _progress(options.progress) as update:
         results = run_injection(
             systems,
@@ -213,6 +239,8 @@ def evaluate_injection(
             conditions,
             domain,
             progress=(lambda a, d, n: update(f"injection {a}", d, n)) if update else None,
+            benchmark=benchmark,
+            batch_size=batch_size,
         )
     write_report(results, options.out)
     return results
