@@ -698,6 +698,12 @@ def eval_injection(
         typer.Option(help="comma-separated: {names}, or all"),
     ] = "all",
     domain: Annotated[str, typer.Option(help="id (attack after the data) or ood (before and after)")] = "id",
+    benchmark: Annotated[
+        str, typer.Option(help="struq (held-out StruQ set) or sep (SEP probes; attacks none, probe)")
+    ] = "struq",
+    batch_size: Annotated[
+        int, typer.Option(help="examples decoded together (Layout B models; scores texts, not latency)")
+    ] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="budget after the input")] = 64,
     schema: _EvalSchema = None,
     data_dir: _EvalDataDir = None,
@@ -710,9 +716,48 @@ def eval_injection(
     names = None if attacks.strip() == "all" else [a.strip() for a in attacks.split(",") if a.strip()]
     _eval_run(
         "injection", out, model=model, baseline=baseline, attacks=names, domain=domain, limit=limit,
+        benchmark=benchmark, batch_size=batch_size,
         max_new_tokens=max_new_tokens, schema=schema, stop_silent_rows=stop_silent_rows, data_dir=data_dir,
         threads=threads, silence_penalty=silence_penalty,
     )  # fmt: skip
+
+
+@eval_app.command("interrupt")
+def eval_interrupt(
+    model: _EvalModel,
+    out: _EvalOut,
+    baseline: _EvalBaseline = None,
+    limit: _EvalLimit = None,
+    items: Annotated[
+        Path | None, typer.Option(help="held-out interruptions JSONL (default: the packaged set)")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="budget of each answer and continuation")] = 96,
+    threads: _EvalThreads = None,
+) -> None:
+    """Corrections typed while the answer streams ("Actually, make it for two people."): how often
+    the rest of the answer honours them (programmatic checks), and how soon, vs a sequential
+    baseline that reads the correction only after its whole answer."""
+    from rich.console import Console
+
+    from .evaluation.interrupt import InterruptOptions, evaluate_interrupt
+    from .loading import BaseModelError
+
+    console = Console(stderr=True)
+
+    def progress(n: int, total: int, record: dict) -> None:
+        marks = " ".join(f"{k}={'ok' if record[k]['honoured'] else 'no'}" for k in ("model", "baseline"))
+        console.print(f"[dim]{n}/{total} {record['id']} {marks}[/]", highlight=False)
+
+    try:
+        options = InterruptOptions(
+            model=model, out=out, baseline=baseline, limit=limit, items=items, max_tokens=max_tokens,
+            threads=threads,
+        )  # fmt: skip
+        evaluate_interrupt(options, progress)
+    except (BaseModelError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for name in ("results.json", "report.md"):
+        Console().print(f"[green]wrote[/] {out / name}", highlight=False)
 
 
 @eval_app.command("monitorability")

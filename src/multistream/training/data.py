@@ -43,6 +43,9 @@ def sequential_example(grid: StreamGrid, tokenizer: Any | None = None) -> dict[s
         ``input_ids [T, 1]`` and ``labels [T, 1]`` (``IGNORE_INDEX`` on the prompt, so only the
         answer is learned, as in ordinary SFT).
     """
+    turns = grid.meta.get("turns")
+    if turns and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return chat_turns_example(turns, tokenizer)
     silence = grid.silence_id
     schema = grid.schema
     prompt_ids: list[int] = []
@@ -62,6 +65,27 @@ def sequential_example(grid: StreamGrid, tokenizer: Any | None = None) -> dict[s
     labels = ids.clone()
     labels[: len(prompt_ids)] = IGNORE_INDEX
     return {"input_ids": ids, "labels": labels}
+
+
+def chat_turns_example(turns: list[dict[str, str]], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """A multi-turn chat (``grid.meta["turns"]``: user, assistant, user, assistant, ...) as one
+    sequential example that learns every assistant turn (its text and end of turn).
+
+    Grids whose sequential form is not one prompt and one answer carry it: an answer the user
+    corrects mid-stream is, sequentially, a whole first answer, the correction as a new user turn,
+    and the continuation (``scripts/build_demo_interrupt.py``).
+    """
+    from ..sequential import chat_prompt_ids
+
+    ids = chat_prompt_ids(tokenizer, turns, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        start = len(chat_prompt_ids(tokenizer, turns[:k], add_generation_prompt=True))
+        end = len(chat_prompt_ids(tokenizer, turns[: k + 1], add_generation_prompt=False))
+        labels[start:end] = ids[start:end]
+    return {"input_ids": torch.tensor(ids)[:, None], "labels": torch.tensor(labels)[:, None]}
 
 
 def sequential_schema(schema: StreamSchema) -> StreamSchema:
