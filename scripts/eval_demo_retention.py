@@ -3,7 +3,10 @@ for long inputs? Every system runs once per example; results are cached per exam
 
 Systems are ``ms:NAME_OR_DIR`` (a multi-stream model: a registered name or a saved directory) or
 ``seq:NAME_OR_DIR`` (a sequential model: a base name, or a one-stream twin trained with
-``form: sequential``). Both decode greedily with the settings of ``multistream eval`` (48 new
+``form: sequential``). Two diagnostic forms of a sequential model (where does the multi-stream
+format lose its base's facts?): ``seqbridge:NAME`` answers after a bridging opening written for it
+(chat prompt + "Allow me to begin while you continue."), ``seqraw:NAME`` reads the question as the
+grid's user stream holds it (no chat template or system prompt: " question" + end token). Both decode greedily with the settings of ``multistream eval`` (48 new
 tokens after the input; multi-stream: silence penalty 2.0 after the input, stop after 32 silent
 rows or at its end token; lockstep input, closed by the end token as in training).
 
@@ -38,8 +41,10 @@ def _load(spec: str) -> tuple[str, Any]:
 
         model, tok = resolve_multistream(name)
         model.eval()
-        return kind, MultiStreamRunner(model, tok, max_new_tokens=48, stop_silent_rows=32, silence_penalty=2.0)
-    if kind == "seq":
+        return kind, MultiStreamRunner(
+            model, tok, max_new_tokens=48, stop_silent_rows=32, silence_penalty=2.0
+        )
+    if kind in ("seq", "seqbridge", "seqraw"):
         from multistream.evaluation.runners import SequentialRunner
         from multistream.evaluation.systems import _load_baseline
 
@@ -77,7 +82,22 @@ def _record(kind: str, runner: Any, example: Any, task: Any) -> dict[str, Any]:
     }
 
 
-def _sequential_batch(runner: Any, examples: list[Any], task: Any, batch: int = 16) -> list[dict[str, Any]]:
+DIAGNOSTIC_BRIDGING = "Allow me to begin while you continue."
+
+
+def _prompt(kind: str, runner: Any, text: str) -> list[int]:
+    tok = runner.tokenizer
+    if kind == "seqraw":
+        return [*tok.encode(" " + text, add_special_tokens=False), tok.eos_token_id]
+    ids = runner.prompt_ids(text)
+    if kind == "seqbridge":
+        ids = [*ids, *tok.encode(DIAGNOSTIC_BRIDGING, add_special_tokens=False)]
+    return ids
+
+
+def _sequential_batch(
+    runner: Any, examples: list[Any], task: Any, batch: int = 16, kind: str = "seq"
+) -> list[dict[str, Any]]:
     """Greedy ``generate`` on many prompts at once (left padding), as ``SequentialRunner`` would
     one by one: the same chat-templated prompt, budget and end token; no latency numbers."""
     import torch
@@ -91,7 +111,7 @@ def _sequential_batch(runner: Any, examples: list[Any], task: Any, batch: int = 
     for b in range(0, len(examples), batch):
         began = time.perf_counter()
         chunk = examples[b : b + batch]
-        prompts = [runner.prompt_ids(prompt_text(ex)) for ex in chunk]
+        prompts = [_prompt(kind, runner, prompt_text(ex)) for ex in chunk]
         width = max(map(len, prompts))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -194,13 +214,19 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     factual = load_task_examples("factual", limit=args.limit) if "factual" in args.tasks else []
-    long_sets = {name: load_task_examples(name, limit=args.long_limit) for name in ("squad", "gsm8k") if name in args.tasks}
+    long_sets = {
+        name: load_task_examples(name, limit=args.long_limit)
+        for name in ("squad", "gsm8k")
+        if name in args.tasks
+    }
     summary_path = args.out / "summary.json"  # one entry per system label, across runs
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for item in args.system:
         label, _, spec = item.partition("=")
         kind, runner = _load(spec)
-        jobs = ([("factual", factual)] if factual else []) + ([(n, ex) for n, ex in long_sets.items() if ex] if kind == "ms" else [])
+        jobs = ([("factual", factual)] if factual else []) + (
+            [(n, ex) for n, ex in long_sets.items() if ex] if kind == "ms" else []
+        )
         summary[label] = {"spec": spec}
         for task_name, examples in jobs:
             task = get_task(task_name)
@@ -210,9 +236,13 @@ def main() -> None:
                 done = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
             with path.open("a", encoding="utf-8") as f:
                 todo = [ex for ex in examples if ex.id not in done]
-                if args.batch > 1 and todo:
-                    batched = _sequential_batch if kind == "seq" else _multistream_batch
-                    for rec in batched(runner, todo, task, args.batch):
+                # The diagnostic forms exist only batched; --batch 1 runs seq/ms one at a time.
+                if todo and (args.batch > 1 or kind in ("seqbridge", "seqraw")):
+                    if kind == "ms":
+                        batched_recs = _multistream_batch(runner, todo, task, args.batch)
+                    else:
+                        batched_recs = _sequential_batch(runner, todo, task, max(args.batch, 1), kind)
+                    for rec in batched_recs:
                         done[rec["id"]] = rec
                         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     f.flush()
@@ -223,19 +253,33 @@ def main() -> None:
                     done[ex.id] = rec
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     f.flush()
-                    print(f"{label} {task_name} {k + 1}/{len(examples)} {rec['seconds']:.1f}s {rec['text'][:70]!r}", flush=True)
+                    print(
+                        f"{label} {task_name} {k + 1}/{len(examples)} {rec['seconds']:.1f}s {rec['text'][:70]!r}",
+                        flush=True,
+                    )
             recs = [done[ex.id] for ex in examples]
             for r in recs:  # scores follow the current rules
-                r["score"] = task.score(strip_bridging(r["text"]) if kind == "ms" else r["text"], ex_by_id(examples, r["id"]))
+                r["score"] = task.score(
+                    strip_bridging(r["text"]) if kind == "ms" else r["text"], ex_by_id(examples, r["id"])
+                )
             summary[label][task_name] = {
                 "examples": len(recs),
-                "accuracy": mean(r["score"].get("accuracy", 0.0) for r in recs) if task_name == "factual" else None,
-                "answered": mean(float(r["score"].get("answered_any", bool(r["text"].strip()))) for r in recs),
+                "accuracy": mean(r["score"].get("accuracy", 0.0) for r in recs)
+                if task_name == "factual"
+                else None,
+                "answered": mean(
+                    float(r["score"].get("answered_any", bool(r["text"].strip()))) for r in recs
+                ),
                 "early_start": mean(float(r["early_start"]) for r in recs),
                 "stopped_itself": mean(float(r["stopped_itself"]) for r in recs),
                 "ended_before_input_end": mean(float(r["ended_before_input_end"]) for r in recs),
                 "answer_before_input_end": mean(
-                    float(r.get("answer_before_input_end", r["answer_row"] is not None and r["answer_row"] < r["input_rows"]))
+                    float(
+                        r.get(
+                            "answer_before_input_end",
+                            r["answer_row"] is not None and r["answer_row"] < r["input_rows"],
+                        )
+                    )
                     for r in recs
                 ),
                 "seconds_mean": mean(r["seconds"] for r in recs),
