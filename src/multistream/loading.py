@@ -70,9 +70,7 @@ MULTISTREAM_MODELS[DEMO_MODEL] = demo_model_dir
 # Found by listing the folder, so shipping a model is copying its saved directory there.
 ZOO_MODELS: tuple[str, ...] = tuple(
     sorted(
-        p.name
-        for p in (Path(__file__).parent / "zoo").iterdir()
-        if (p / "multistream_config.json").is_file()
+        p.name for p in (Path(__file__).parent / "zoo").iterdir() if (p / "multistream_config.json").is_file()
     )
     if (Path(__file__).parent / "zoo").is_dir()
     else ()
