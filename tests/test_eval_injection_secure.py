@@ -237,3 +237,16 @@ def test_batched_run_resumes_into_the_same_results(blocks_setup):
     assert again["attacks"] == first["attacks"]
     assert first["settings"]["batch_size"] == 2
     assert first["attacks"]["probe"]["model"]["examples"] == 2
+
+
+def test_generate_json_summary_shows_the_prefilled_system_block(blocks_setup):
+    # The system block is prefilled, never a row: its text comes from the result, not the rows.
+    result = runner.invoke(
+        app,
+        ["generate", "--model", blocks_setup["model"], "--json", "--max-rows", "6",
+         "-i", "system=List the names.", "-i", "user=Alice met Bob."],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])["summary"]
+    assert summary["streams"]["system"] == "List the names."
+    assert "Alice met Bob." in summary["streams"]["user"]

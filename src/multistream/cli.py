@@ -492,6 +492,10 @@ def generate(
     def summary(result: object) -> dict[str, object]:
         out = result.summary()
         body = out["summary"]
+        # A Layout B system block is prefilled, never streamed as rows: take its text from the result.
+        for name, text in result.texts.items():
+            if not shown.get(name) and lm.schema[name].role.value != "output":
+                shown[name] = text
         body["streams"] = dict(shown)
         body["stop"] = result.stop
         body["wall_s"] = round(time.perf_counter() - timing["start"], 3)
@@ -527,9 +531,9 @@ def generate(
         result = generate(lm, tokenizer, inputs, prefill=prefill, config=options, on_row=show)
     console = Console()
     console.line()  # Live leaves the cursor after the table when the output is not a terminal
+    body = summary(result)["summary"]
     for name, text in shown.items():
         console.print(f"[bold]{name}:[/] {text.strip()}", highlight=False)
-    body = summary(result)["summary"]
     console.print(
         f"[dim]{result.grid.num_rows} rows, stop: {result.stop}, first visible output row: "
         f"{result.first_visible_output_row} ({body['first_visible_output_s']} s), inputs closed at row: "
