@@ -157,9 +157,7 @@ def test_a_blocks_model_gets_instruction_and_data_in_separate_blocks(blocks_setu
     from multistream.evaluation.systems import load_systems
 
     systems = load_systems(blocks_setup["model"], blocks_setup["base"], max_new_tokens=3)
-    from multistream.evaluation.blocks_runner import as_blocks_runner
-
-    blocks = as_blocks_runner(systems.model)
+    blocks = systems.model  # every evaluation task gets the Layout B runner from load_systems
     assert isinstance(blocks, BlocksRunner)
     example = SequentialExample(
         id="x", source="t", user="List the names.", data="Alice met Bob.", assistant=""
@@ -209,11 +207,10 @@ def test_unknown_benchmark_and_foreign_attack_fail_clearly(blocks_setup):
 
 def test_batched_decoding_gives_the_texts_of_lone_runs(blocks_setup):
     from multistream.evaluation.batched import run_baseline_batch, run_blocks_batch
-    from multistream.evaluation.blocks_runner import as_blocks_runner
     from multistream.evaluation.systems import load_systems
 
     systems = load_systems(blocks_setup["model"], blocks_setup["base"], max_new_tokens=4)
-    blocks = as_blocks_runner(systems.model)
+    blocks = systems.model
     examples = [
         SequentialExample(id=str(i), source="t", user="List the names.", data=data, assistant="")
         for i, data in enumerate(["Alice met Bob.", "one two three four five six", "x"])

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..data.examples import SequentialExample
-from .blocks_runner import BlocksRunner, strip_all_bridging
+from .blocks_runner import BlocksRunner
 from .runners import SequentialRunner, TimedOutput, is_visible, prompt_text
 
 __all__ = ["run_baseline_batch", "run_blocks_batch"]
@@ -42,14 +42,9 @@ def run_blocks_batch(runner: BlocksRunner, examples: Sequence[SequentialExample]
     )
     sessions = list(batch.sessions)
     for session, (columns, _) in zip(sessions, layout, strict=True):
-        if columns["system"]:
-            session.feed("system", columns["system"])
-        session.feed("user", columns["user"])
-        session.close()
+        runner.feed_input(session, columns)
     outs = [TimedOutput(text="", streams={}, input_tokens=end, input_arrivals_s=[]) for _, end in layout]
     ended = [False] * len(examples)
-    out_index = runner.schema.index(runner.output_stream)
-    silence = runner.schema.require_silence_id()
     index = {id(s): k for k, s in enumerate(sessions)}
     clock = 0.0
     with torch.inference_mode():
@@ -65,26 +60,12 @@ def run_blocks_batch(runner: BlocksRunner, examples: Sequence[SequentialExample]
             for s, row in zip(members, rows, strict=True):
                 if row is None:
                     continue
-                k, out = index[id(s)], outs[index[id(s)]]
-                token = row.ids[out_index]
-                if not ended[k] and not (token == silence and row.text[runner.output_stream] is None):
-                    out.end_row, out.end_s = row.index, clock
-                    if token == runner.eos_id:
-                        ended[k] = True
-                    else:
-                        out.token_rows.append(row.index)
-                        out.token_reads.append(min(row.index, out.input_tokens))
-                        out.token_times_s.append(clock)
-                        out.token_visible.append(is_visible(row.text[runner.output_stream]))
-                        out.token_texts.append(row.text[runner.output_stream] or "")
+                k = index[id(s)]
+                ended[k] = runner.record(outs[k], row, row.index, clock, ended[k])
                 if s.state.stop is None and len(s.state.rows) >= limits[k]:
                     s.cancel("max_rows")  # a lone run stops here (its own max_rows)
-    for k, s in enumerate(sessions):
-        out = outs[k]
-        out.streams = s.texts()
-        out.text = strip_all_bridging(runner._clean(out.streams[runner.output_stream]))
-        out.rows = len(s.state.rows)
-        out.stop = s.state.stop
+    for out, s in zip(outs, sessions, strict=True):
+        runner.finish(out, s, 0)
     return outs
 
 

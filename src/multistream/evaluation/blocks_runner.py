@@ -17,15 +17,12 @@ the bridging utterances it says while the data streams in (:func:`strip_all_brid
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import torch
-
 from ..data.examples import SequentialExample
-from .runners import MultiStreamRunner, TimedOutput, is_visible, strip_bridging
+from .runners import MultiStreamRunner, TimedOutput, strip_bridging
 
-__all__ = ["BlocksRunner", "as_blocks_runner", "is_blocks_runner_model", "strip_all_bridging"]
+__all__ = ["BlocksRunner", "is_blocks_runner_model", "strip_all_bridging"]
 
 # Fields that form the system block when the example has data (the ``separated`` policy).
 _INSTRUCTION_FIELDS = ("system", "user")
@@ -47,7 +44,8 @@ def strip_all_bridging(text: str) -> str:
 
 
 class BlocksRunner(MultiStreamRunner):
-    """A :class:`MultiStreamRunner` for Layout B models (module docstring); same settings."""
+    """A :class:`MultiStreamRunner` for Layout B models (module docstring); same settings and the
+    same decoding loop, with its own input feeding, silence test and answer text."""
 
     def blocks_text(self, example: SequentialExample) -> tuple[str, str]:
         """(system block text, user block text) of the example."""
@@ -75,57 +73,21 @@ class BlocksRunner(MultiStreamRunner):
         system, data = self.blocks_text(example)
         return bool(system.strip()) and bool(data.strip())
 
-    def run(self, example: SequentialExample, rate: float | None = None) -> TimedOutput:
-        """Decode one example greedily (as :meth:`MultiStreamRunner.run`, on Layout B blocks)."""
-        from ..engine import Session
-
-        columns, end = self.input_columns(example)
-        session = Session(self.model, self.tokenizer, self.session_config(end + self.max_new_tokens))
+    def feed_input(self, session: Any, columns: dict[str, list[int]]) -> None:
+        """The system block (when there is one), then the user block, closed."""
         if columns["system"]:
             session.feed("system", columns["system"])
         session.feed("user", columns["user"])
         session.close()
-        out_index = self.schema.index(self.output_stream)
-        silence = self.schema.require_silence_id()
-        out = TimedOutput(text="", streams={}, input_tokens=end, input_arrivals_s=[])
-        timeline: list[dict[str, str | None]] = []
-        clock = 0.0
-        ended = False
-        with torch.inference_mode():
-            while session.stop is None:
-                r = len(session.state.rows)
-                if r < end:
-                    if rate is not None:
-                        clock = max(clock, r / rate)
-                    out.input_arrivals_s.append(clock)
-                start = time.perf_counter()
-                row = session.step()
-                clock += time.perf_counter() - start
-                timeline.append(dict(row.text))
-                token = row.ids[out_index]
-                if ended or (token == silence and row.text[self.output_stream] is None):
-                    continue
-                out.end_row, out.end_s = row.index, clock
-                if token == self.eos_id:
-                    ended = True
-                    continue
-                out.token_rows.append(row.index)
-                out.token_reads.append(min(row.index, end))
-                out.token_times_s.append(clock)
-                out.token_visible.append(is_visible(row.text[self.output_stream]))
-                out.token_texts.append(row.text[self.output_stream] or "")
+
+    def is_silent(self, token: int, row: Any) -> bool:
+        # Layout B has no silence (spec §2.5): the schema's silence id is a placeholder that can be
+        # a real token (the end token, in tiny test models); a head that says nothing in a step
+        # has no cell text, while a real token has.
+        return token == self.schema.require_silence_id() and row.text[self.output_stream] is None
+
+    def finish(self, out: TimedOutput, session: Any, offset: int) -> None:
         out.streams = session.texts()
         out.text = strip_all_bridging(self._clean(out.streams[self.output_stream]))
-        out.rows = len(session.state.rows)
+        out.rows = session.state.generated_rows
         out.stop = session.stop
-        out.timeline = timeline
-        return out
-
-
-def as_blocks_runner(runner: Any) -> Any:
-    """``runner`` itself, or a :class:`BlocksRunner` with its settings when its model is Layout B."""
-    if isinstance(runner, BlocksRunner) or not is_blocks_runner_model(getattr(runner, "model", None)):
-        return runner
-    blocks = BlocksRunner.__new__(BlocksRunner)
-    blocks.__dict__.update(runner.__dict__)
-    return blocks

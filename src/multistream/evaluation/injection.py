@@ -246,7 +246,7 @@ def run_injection(
         "separated", ...}``; per side ``attack_success_rate`` (StruQ: "hacked" in the output;
         SEP: the witness), ``utility_f1`` and ``utility_rouge_l`` against the reference output.
     """
-    from .blocks_runner import BlocksRunner, as_blocks_runner
+    from .blocks_runner import BlocksRunner
     from .store import ResultStore
 
     if benchmark not in BENCHMARKS:
@@ -255,7 +255,7 @@ def run_injection(
     for attack in attacks:
         if attack != "none" and attack not in known:
             raise ValueError(f"{benchmark} has no attack {attack!r}; choose from none, {', '.join(known)}")
-    model = as_blocks_runner(systems.model)
+    model = systems.model
     store = ResultStore(out_dir, settings)
     results: dict[str, Any] = {}
     timeline = None

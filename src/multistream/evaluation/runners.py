@@ -233,10 +233,7 @@ class MultiStreamRunner:
         if start_rows is not None:
             session.prefill(start_rows)  # before the first input arrives: not on the clock
         offset = session.state.num_prefill  # rows below count from the first input row
-        for name, ids in columns.items():
-            session.feed(name, ids)
-        session.close()
-        silence = self.schema.require_silence_id()
+        self.feed_input(session, columns)
         out = TimedOutput(text="", streams={}, input_tokens=end, input_arrivals_s=[])
         timeline: list[dict[str, str | None]] = []
         clock = 0.0
@@ -253,27 +250,46 @@ class MultiStreamRunner:
                 row = session.step()
                 clock += time.perf_counter() - start
                 timeline.append(dict(row.text))
-                token = row.ids[self.schema.index(self.output_stream)]
-                if ended or token == silence:
-                    continue
-                index = row.index - offset
-                out.end_row, out.end_s = index, clock
-                if token == self.eos_id:
-                    ended = True
-                    continue
-                out.token_rows.append(index)
-                out.token_reads.append(min(index, end))
-                out.token_times_s.append(clock)
-                out.token_visible.append(is_visible(row.text[self.output_stream]))
-                out.token_texts.append(row.text[self.output_stream] or "")
+                ended = self.record(out, row, row.index - offset, clock, ended)
+        self.finish(out, session, offset)
+        out.timeline = timeline
+        return out
+
+    def feed_input(self, session: Any, columns: dict[str, list[int]]) -> None:
+        """Queue the example's input (:meth:`input_columns`) in a fresh session and close it."""
+        for name, ids in columns.items():
+            session.feed(name, ids)
+        session.close()
+
+    def is_silent(self, token: int, row: Any) -> bool:
+        """Whether the output cell of ``row`` (holding ``token``) says nothing."""
+        return token == self.schema.require_silence_id()
+
+    def record(self, out: TimedOutput, row: Any, index: int, clock: float, ended: bool) -> bool:
+        """Add ``row``'s output cell (at input-relative row ``index``, time ``clock``) to ``out``;
+        returns whether the answer has ended (its end token came)."""
+        token = row.ids[self.schema.index(self.output_stream)]
+        if ended or self.is_silent(token, row):
+            return ended
+        out.end_row, out.end_s = index, clock
+        if token == self.eos_id:
+            return True
+        text = row.text[self.output_stream]
+        out.token_rows.append(index)
+        out.token_reads.append(min(index, out.input_tokens))
+        out.token_times_s.append(clock)
+        out.token_visible.append(is_visible(text))
+        out.token_texts.append(text or "")
+        return False
+
+    def finish(self, out: TimedOutput, session: Any, offset: int) -> None:
+        """Fill ``out``'s texts, rows and stop once ``session`` has stopped."""
         grid = session.grid()
         # The answer is what the model wrote after its start rows (a warm start's header is not).
         out.streams = type(grid)(grid.ids[offset:], grid.schema, grid.meta).stream_texts(self.tokenizer)
         out.text = strip_bridging(self._clean(out.streams[self.output_stream]))
         out.rows = session.state.generated_rows
         out.stop = session.stop
-        out.timeline = timeline
-        return out
 
     def session_config(self, max_rows: int) -> Any:
         """The engine settings of one example: the presets, the end token, ``max_rows``."""

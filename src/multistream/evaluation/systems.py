@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .blocks_runner import BlocksRunner, is_blocks_runner_model
 from .runners import MultiStreamRunner, SequentialRunner
 
 __all__ = ["DEFAULT_SCHEMA", "Systems", "load_systems"]
@@ -127,8 +128,10 @@ def load_systems(
             f"baseline: the model's own base model {baseline!r}, run sequentially with its chat template"
         )
     base_model, base_tokenizer = _load_baseline(baseline)
+    # A Layout B model reads blocks, not grid columns: every task runs it through BlocksRunner.
+    runner_class = BlocksRunner if is_blocks_runner_model(ms_model) else MultiStreamRunner
     return Systems(
-        model=MultiStreamRunner(ms_model, ms_tokenizer, max_new_tokens, stop_silent_rows, silence_penalty),
+        model=runner_class(ms_model, ms_tokenizer, max_new_tokens, stop_silent_rows, silence_penalty),
         baseline=SequentialRunner(base_model, base_tokenizer, max_new_tokens),
         model_name=model,
         baseline_name=baseline,
